@@ -1,0 +1,44 @@
+# The two commands of the README: `make demo` and `make test` (each sets up its own .venv).
+# torch==2.13.0 is installed first: on CPU machines pip takes the CPU build from the local disk
+# instead of pulling several GB of CUDA wheels for the package's own `torch>=2.1` requirement.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+DATA   ?=
+TORCH  ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-engine test-slicer bench clean
+
+$(VENV)/.engine-installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $@
+
+# The headless Slicer (MRML) wheel for the Slicer-logic tests; it pins vtk 9.6.2.
+$(VENV)/.slicer-installed: $(VENV)/.engine-installed
+	$(BIN)/python -m pip install --quiet "slicer-core==5.13.31053.0" "slicerio>=1.0"
+	touch $@
+
+setup: $(VENV)/.engine-installed
+
+demo: $(VENV)/.engine-installed
+	$(BIN)/semisupseg demo $(if $(DATA),--data $(DATA),)
+
+test: $(VENV)/.slicer-installed
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-engine: $(VENV)/.engine-installed
+	$(BIN)/python -m pytest -q Testing/engine $(PYTEST_ARGS)
+
+test-slicer: $(VENV)/.slicer-installed
+	$(BIN)/python -m pytest -q Testing/slicer_logic Testing/cmake $(PYTEST_ARGS)
+
+bench: $(VENV)/.engine-installed
+	$(BIN)/python Testing/benchmarks/run_benchmarks.py
+
+clean:
+	rm -rf $(VENV) demo_output .pytest_cache build

@@ -1,0 +1,163 @@
+"""Run configuration: defaults, JSON file, command-line overrides, and data-derived values.
+
+A configuration is a plain JSON-serialisable dict so that ``runs/<id>/config.json`` is the whole
+truth about a run. ``resolve_config`` fills every ``None`` ("choose for me") from the device and
+the data, so the saved file holds concrete values and a run can be reproduced from it alone.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence
+
+from .errors import InputError
+
+DEFAULTS: Dict[str, Any] = {
+    "method": "dycon",
+    "method_options": {},
+    "network": "unet3d",
+    "network_options": {},
+    "iterations": None,  # GPU 6000, CPU 300
+    "device": "auto",  # auto | cpu | cuda | cuda:N
+    "seed": 1337,
+    "patch_size": None,  # (x, y, z), multiples of 16; from the image sizes and spacing
+    "batch_labelled": None,  # GPU 4, CPU 2
+    "batch_unlabelled": None,  # GPU 4, CPU 2; 0 for supervised-only
+    "target_spacing": None,  # mm (x, y, z) to resample to; None keeps each image's grid
+    "ct_window": [-1000.0, 1000.0],
+    "fg_fraction": 0.5,
+    "optimizer": {
+        "lr": 0.01,
+        "momentum": 0.9,
+        "weight_decay": 1e-4,
+        "grad_clip": 1.0,
+        "schedule": "constant",  # constant (released DyCON) | poly (power 0.9)
+    },
+    "amp": "auto",  # auto (bf16 on CUDA) | bf16 | off
+    "channels_last": False,
+    "compile": False,
+    "log_every": 10,
+    "checkpoint_every": 200,
+    "predict_every": 0,  # 0: predict only at the end
+    "first_prediction_at": 0,  # >0: an early prediction round at this iteration
+    "reload_every": 100,  # re-read dataset.json every N iterations (new labels join)
+    "sw_overlap": 0.5,
+    "sw_batch_size": 2,
+    "mc_dropout": 0,  # K > 0: also write the mutual-information map
+    "regions": {"threshold": 0.5, "min_volume_mm3": 20.0, "max_regions": 50, "boundary_weight": 2.0},
+    # Which cases play which role. Numbers are 1-based positions in dataset.json order.
+    "split": {
+        "labelled": None,  # N: only the first N labelled cases keep their labels (LA protocol)
+        "unlabelled": None,  # "9-64": the unlabelled pool; None: every case not labelled/held out
+        "held_out": None,  # "65-80" or a list of ids: never trained on, still predicted
+    },
+    "predict_cases": "all",  # all | training | held_out | none
+}
+
+GPU_DEFAULTS = {"iterations": 6000, "batch_labelled": 4, "batch_unlabelled": 4}
+CPU_DEFAULTS = {"iterations": 300, "batch_labelled": 2, "batch_unlabelled": 2}
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """``base`` with ``override`` merged in; nested dicts merge key by key (a copy)."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def check_keys(config: dict, reference: dict = DEFAULTS, where: str = "") -> None:
+    """Refuse unknown keys (a typo would otherwise be silently ignored)."""
+    free_form = {"method_options", "network_options"}  # validated by the method / network
+    for key, value in config.items():
+        if key not in reference:
+            raise InputError(
+                f"Unknown configuration key '{where}{key}'.",
+                f"Valid keys: {', '.join(sorted(reference))}.",
+            )
+        if key not in free_form and isinstance(value, dict) and isinstance(reference[key], dict):
+            check_keys(value, reference[key], f"{where}{key}.")
+
+
+def load_config(path: Optional[Path]) -> dict:
+    """Defaults merged with the JSON file at ``path`` (if any)."""
+    if path is None:
+        return copy.deepcopy(DEFAULTS)
+    path = Path(path)
+    try:
+        user = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"Configuration file {path} does not exist.", "Check the --config path.")
+    except json.JSONDecodeError as err:
+        raise InputError(f"Configuration file {path} is not valid JSON: {err}.", "Fix the JSON syntax.")
+    if not isinstance(user, dict):
+        raise InputError(f"Configuration file {path} must hold a JSON object.", 'Write e.g. {"method": "dycon"}.')
+    check_keys(user)
+    return deep_merge(DEFAULTS, user)
+
+
+def apply_overrides(config: dict, **overrides: Any) -> dict:
+    """Command-line overrides (``--method`` etc.); ``None`` means not given."""
+    out = copy.deepcopy(config)
+    for key, value in overrides.items():
+        if value is not None:
+            out[key] = value
+    return out
+
+
+def resolve_device(name: str):
+    """``auto`` -> cuda when available; a CUDA request on a machine without one is an input error."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(
+            "device 'cuda' was requested but PyTorch sees no CUDA GPU.",
+            "Use --device cpu, or install a CUDA build of PyTorch that matches your driver.",
+        )
+    if name != "cpu" and not name.startswith("cuda"):
+        raise InputError(f"Unknown device '{name}'.", "Use auto, cpu, cuda or cuda:N.")
+    return torch.device(name)
+
+
+def resolve_config(config: dict, device, image_shapes: Sequence, spacings: Sequence) -> dict:
+    """Fill every ``None`` from the device and the data; validate ranges."""
+    from .data.sampling import default_patch_size
+
+    out = copy.deepcopy(config)
+    on_gpu = device.type == "cuda"
+    for key, value in (GPU_DEFAULTS if on_gpu else CPU_DEFAULTS).items():
+        if out.get(key) is None:
+            out[key] = value
+    if out["patch_size"] is None:
+        out["patch_size"] = list(default_patch_size(image_shapes, spacings, divisor=16, on_gpu=on_gpu))
+    patch = out["patch_size"]
+    if len(patch) != 3 or any(int(p) % 16 or int(p) <= 0 for p in patch):
+        raise InputError(
+            f"patch_size {patch} must be three positive multiples of 16 (x, y, z).",
+            "The networks halve the patch four times; e.g. use [96, 96, 64].",
+        )
+    out["patch_size"] = [int(p) for p in patch]
+    if int(out["iterations"]) < 1:
+        raise InputError(f"iterations must be >= 1 (got {out['iterations']}).", "Use e.g. --iterations 300.")
+    if int(out["batch_labelled"]) < 1:
+        raise InputError("batch_labelled must be >= 1.", "Every step needs a labelled patch; use 1 or more.")
+    out["device"] = str(device)
+    return out
+
+
+def save_json_atomic(data: Any, path: Path) -> None:
+    """Write JSON to ``path`` through a temporary file and a rename."""
+    import os
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1, default=str))
+    os.replace(tmp, path)

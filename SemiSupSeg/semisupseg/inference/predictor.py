@@ -1,0 +1,131 @@
+"""Writing a run's per-case outputs: label map, entropy map, optional mutual information, regions.
+
+Used at the end of training (and on request during it) and by ``semisupseg predict``. Every map
+is written on exactly the input image's grid (resampled back when training used another spacing),
+atomically, and announced with a ``prediction`` event; ``regions.json`` ranks each case's
+uncertain regions for "next uncertain region" in Slicer.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from ..data.io import from_array, to_array, write_image_atomic
+from ..data.preprocess import resample_like
+from .regions import find_uncertain_regions, write_regions_json
+from .scores import case_score
+from .sliding_window import predict_probabilities
+from .uncertainty import normalised_entropy
+
+
+def maps_on_reference(maps: torch.Tensor, prepared, renormalise: bool) -> np.ndarray:
+    """(K, X, Y, Z) maps on the training grid -> (K, x, y, z) on the original image grid (linear).
+
+    ``renormalise`` makes resampled class probabilities sum to 1 again.
+    """
+    probs_np = maps.numpy()
+    reference = prepared.reference
+    if tuple(probs_np.shape[1:]) == tuple(reference.GetSize()) and np.allclose(prepared.spacing, reference.GetSpacing()):
+        return probs_np
+    grid = sitk.Image(list(probs_np.shape[1:]), sitk.sitkFloat32)
+    grid.SetSpacing(tuple(float(s) for s in prepared.spacing))
+    grid.SetOrigin(reference.GetOrigin())
+    grid.SetDirection(reference.GetDirection())
+    channels = [to_array(resample_like(from_array(p.astype(np.float32), grid), reference, is_label=False)) for p in probs_np]
+    stacked = np.stack(channels)
+    if renormalise:
+        stacked = stacked / np.clip(stacked.sum(0, keepdims=True), 1e-6, None)
+    return stacked
+
+
+def predict_cases(
+    networks: List[torch.nn.Module],
+    cases: list,
+    run_dir: Path,
+    config: dict,
+    num_classes: int,
+    device: torch.device,
+    events,
+    round_name: str = "final",
+    iteration: Optional[int] = None,
+    mc_samples: Optional[int] = None,
+) -> dict:
+    """Predict every prepared case; returns {case_id: score}. Networks are restored to their mode."""
+    run_dir = Path(run_dir)
+    mc = int(config["mc_dropout"] if mc_samples is None else mc_samples)
+    region_cfg = config["regions"]
+    modes = [net.training for net in networks]
+    for net in networks:
+        net.eval()  # the user's maps come from the deterministic network (decision D13)
+    scores, regions = {}, {}
+    autocast = torch.bfloat16 if (device.type == "cuda" and config.get("amp", "auto") != "off") else None
+    try:
+        for prepared in cases:
+            started = time.perf_counter()
+            image = torch.from_numpy(np.ascontiguousarray(prepared.image))
+            probs, mutual_info = predict_probabilities(
+                networks,
+                image,
+                tuple(config["patch_size"]),
+                num_classes,
+                overlap=float(config["sw_overlap"]),
+                device=device,
+                sw_batch_size=int(config["sw_batch_size"]),
+                mc_samples=mc,
+                autocast_dtype=autocast,
+                on_notice=lambda message: events.emit("notice", case=prepared.id, message=message),
+            )
+            probs_ref = maps_on_reference(probs, prepared, renormalise=True)
+            labelmap = probs_ref.argmax(0).astype(np.uint8)
+            entropy = normalised_entropy(torch.from_numpy(probs_ref)).numpy().astype(np.float32)
+            outputs = write_case_maps(run_dir, prepared, labelmap, entropy, mutual_info)
+            score = float(case_score(entropy, labelmap, num_classes))
+            scores[prepared.id] = score
+            regions[prepared.id] = find_uncertain_regions(
+                entropy,
+                labelmap,
+                prepared.reference,
+                threshold=region_cfg["threshold"],
+                min_volume_mm3=region_cfg["min_volume_mm3"],
+                max_regions=region_cfg["max_regions"],
+                boundary_weight=region_cfg["boundary_weight"],
+            )
+            events.emit(
+                "prediction",
+                case=prepared.id,
+                score=round(score, 6),
+                round=round_name,
+                iteration=iteration,
+                seconds=round(time.perf_counter() - started, 3),
+                regions=len(regions[prepared.id]),
+                **outputs,
+            )
+    finally:
+        for net, mode in zip(networks, modes):
+            net.train(mode)
+    path = run_dir / "regions.json"
+    write_regions_json(path, regions, {"round": round_name, "iteration": iteration, "scores": scores})
+    events.emit("regions", path=str(path), round=round_name)
+    return scores
+
+
+def write_case_maps(run_dir: Path, prepared, labelmap: np.ndarray, entropy: np.ndarray, mutual_info) -> dict:
+    """Write the label map (uint8) and maps (float32) on the reference grid; returns their paths."""
+    reference = prepared.reference
+    out = {
+        "segmentation": run_dir / "predictions" / f"{prepared.id}.nii.gz",
+        "uncertainty": run_dir / "uncertainty" / f"{prepared.id}.nii.gz",
+    }
+    write_image_atomic(from_array(labelmap, reference), out["segmentation"])
+    write_image_atomic(from_array(entropy, reference), out["uncertainty"])
+    if mutual_info is not None:
+        mi = maps_on_reference(mutual_info[None].float(), prepared, renormalise=False)[0]
+        out["mutual_information"] = run_dir / "mutual_information" / f"{prepared.id}.nii.gz"
+        write_image_atomic(from_array(mi.astype(np.float32), reference), out["mutual_information"])
+    return {k: str(v) for k, v in out.items()}

@@ -1,0 +1,389 @@
+"""The training loop: one run of one method on one workspace, driven by iterations.
+
+``train_workspace`` is what ``semisupseg train`` calls. It reads and validates the workspace,
+resolves the configuration, writes ``config.json`` and ``manifest.json``, trains with the JSON
+events of the worker protocol, checkpoints (``last.pt``), honours cancel requests (SIGTERM, SIGINT
+or a ``STOP`` file: the current iteration finishes, a checkpoint is written, exit 0), resumes from
+``last.pt`` with the same schedule, and predicts every case at the end (and on request during
+training) with the uncertainty maps the annotator sees.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+import torch
+
+from ..config import apply_overrides, load_config, resolve_config, resolve_device, save_json_atomic
+from ..data.dataset import load_dataset
+from ..data.preprocess import prepare_case
+from ..data.sampling import PatchSampler
+from ..data.validate import validate_dataset
+from ..errors import InputError
+from ..events import EventWriter, log
+from ..methods import StepContext, build_method
+from ..networks import build_network
+from .case_split import split_cases
+from .checkpoint import load_checkpoint, save_checkpoint
+from .manifest import build_manifest, device_description
+from .schedules import learning_rate
+
+
+class CancelFlag:
+    """Set by SIGTERM/SIGINT or by a ``STOP`` file in the run folder; checked once per iteration."""
+
+    def __init__(self, stop_file: Path):
+        self.stop_file = stop_file
+        self.requested = False
+        self._previous = {}
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. called from a test thread)
+                pass
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum, frame) -> None:
+        log(f"received signal {signum}: stopping after this iteration")
+        self.requested = True
+
+    def is_set(self) -> bool:
+        if not self.requested and self.stop_file.exists():
+            self.requested = True
+        return self.requested
+
+
+def new_run_id(method: str) -> str:
+    return f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{method}"
+
+
+def latest_run(workspace: Path) -> Path:
+    runs = sorted((workspace / "runs").glob("*/checkpoints/last.pt"), key=lambda p: p.stat().st_mtime)
+    if not runs:
+        raise InputError(f"No run with a checkpoint in {workspace / 'runs'} to resume.", "Start a run without --resume first.")
+    return runs[-1].parent.parent
+
+
+def set_seed(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """Holds the state of one run: data, method, optimiser, schedule position, output folder."""
+
+    def __init__(self, workspace: Path, config: dict, run_dir: Path, events: EventWriter, resume: bool):
+        self.workspace = workspace
+        self.run_dir = run_dir
+        self.events = events
+        self.resume = resume
+        self.spec = load_dataset(workspace)
+        self.split = split_cases(self.spec, config["split"])
+        training_cases = self.split.labelled + self.split.unlabelled
+        validate_dataset(self.spec, cases=training_cases + self.split.held_out, require_labelled=True)
+        self.device = resolve_device(config["device"])
+        self.num_classes = self.spec.num_classes
+        self.prepared = self._prepare(config)
+        shapes = [p.image.shape for p in self.prepared.values()]
+        spacings = [p.spacing for p in self.prepared.values()]
+        self.config = resolve_config(config, self.device, shapes, spacings)
+        self.total = int(self.config["iterations"])
+        self.method = self._build_method()
+        self.optimizer = torch.optim.SGD(
+            self.method.trainable_parameters(),
+            lr=self.config["optimizer"]["lr"],
+            momentum=self.config["optimizer"]["momentum"],
+            weight_decay=self.config["optimizer"]["weight_decay"],
+        )
+        self.sampler = self._build_sampler()
+        self.iteration = 0
+        self.skipped_steps = 0
+        self.cancel = CancelFlag(run_dir / "STOP")
+        self.dataset_mtime = (workspace / "dataset.json").stat().st_mtime
+
+    # ---- setup -------------------------------------------------------------------------
+    def _prepare(self, config: dict) -> dict:
+        """Read and normalise every case once (training and held-out); labels only where used."""
+        labelled_ids = {c.id for c in self.split.labelled}
+        spacing = config["target_spacing"]
+        prepared = {}
+        for case in self.split.labelled + self.split.unlabelled + self.split.held_out:
+            prepared[case.id] = prepare_case(
+                case, self.spec.modality, target_spacing=spacing, with_label=case.id in labelled_ids
+            )
+        return prepared
+
+    def _network_factory(self):
+        name, options = self.config["network"], dict(self.config["network_options"])
+
+        def build():
+            return build_network(name, in_channels=1, num_classes=self.num_classes, **options)
+
+        return build
+
+    def _build_method(self):
+        set_seed(int(self.config["seed"]))
+        method = build_method(self.config["method"], self._network_factory(), self.num_classes, self.config["method_options"])
+        method = method.to(self.device)
+        if self.config["channels_last"]:
+            method = method.to(memory_format=torch.channels_last_3d)
+        return method
+
+    def _build_sampler(self) -> PatchSampler:
+        labelled = [self.prepared[c.id] for c in self.split.labelled]
+        unlabelled = [self.prepared[c.id] for c in self.split.unlabelled] if self.method.uses_unlabelled else []
+        return PatchSampler(
+            labelled,
+            unlabelled,
+            tuple(self.config["patch_size"]),
+            self.device,
+            seed=int(self.config["seed"]),
+            fg_fraction=float(self.config["fg_fraction"]),
+        )
+
+    @property
+    def autocast_dtype(self) -> Optional[torch.dtype]:
+        amp = self.config["amp"]
+        if amp == "off" or (amp == "auto" and self.device.type != "cuda"):
+            return None
+        return torch.bfloat16
+
+    # ---- checkpoints ---------------------------------------------------------------------
+    def save(self) -> Path:
+        path = self.run_dir / "checkpoints" / "last.pt"
+        save_checkpoint(
+            path,
+            iteration=self.iteration,
+            method=self.method,
+            optimizer=self.optimizer,
+            sampler_rng=self.sampler.generator.get_state() if hasattr(self.sampler, "generator") else None,
+        )
+        self.events.emit("checkpoint", path=str(path), iteration=self.iteration)
+        return path
+
+    def restore(self) -> None:
+        state = load_checkpoint(self.run_dir / "checkpoints" / "last.pt")
+        if state["method"] != self.method.name:
+            raise InputError(
+                f"The checkpoint was written by method '{state['method']}', the run is '{self.method.name}'.",
+                "Resume with the run's own config.json.",
+            )
+        self.method.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.iteration = int(state["iteration"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if "sampler" in state["rng"] and hasattr(self.sampler, "generator"):
+            self.sampler.generator.set_state(state["rng"]["sampler"])
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        log(f"resumed {self.run_dir.name} at iteration {self.iteration} of {self.total}")
+
+    # ---- the loop ------------------------------------------------------------------------
+    def step(self) -> Optional[dict]:
+        """One iteration; returns the loss parts (tensors) or None when the step was skipped."""
+        ctx = StepContext(self.iteration, self.total, self.autocast_dtype, self.device)
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(self.config["optimizer"]["lr"], ctx.progress, self.config["optimizer"]["schedule"])
+        batch = self.sampler.sample(int(self.config["batch_labelled"]), int(self.config["batch_unlabelled"]))
+        if self.config["channels_last"]:
+            batch.x_l = batch.x_l.contiguous(memory_format=torch.channels_last_3d)
+            batch.x_u = batch.x_u.contiguous(memory_format=torch.channels_last_3d)
+        self.method.train()
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16, enabled=self.autocast_dtype is not None):
+            out = self.method.training_step(batch, ctx)
+        # A non-finite loss skips the update (no EMA either), as the released code does. This is
+        # the loop's one host sync per iteration; it protects the weights from a NaN step.
+        if not bool(torch.isfinite(out.loss)):
+            self.skipped_steps += 1
+            self.events.emit("warning", message=f"non-finite loss at iteration {self.iteration}; step skipped")
+            self.iteration += 1
+            return None
+        self.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        clip = self.config["optimizer"]["grad_clip"]
+        if clip:
+            torch.nn.utils.clip_grad_norm_(self.method.trainable_parameters(), clip)
+        self.optimizer.step()
+        self.method.after_optimizer_step(ctx)
+        self.iteration += 1
+        return {"loss": out.loss.detach(), **out.parts}
+
+    def run(self) -> str:
+        """Train until the planned iteration count or a cancel request; returns the final state."""
+        cfg = self.config
+        self.cancel.install()
+        started = time.perf_counter()
+        start_iteration = self.iteration
+        window_start, window_iteration = started, self.iteration
+        try:
+            while self.iteration < self.total:
+                if self.cancel.is_set():
+                    self.save()
+                    return "cancelled"
+                parts = self.step()
+                it = self.iteration
+                if parts is not None and (it % cfg["log_every"] == 0 or it == self.total or it == start_iteration + 1):
+                    now = time.perf_counter()
+                    rate = (it - window_iteration) / max(now - window_start, 1e-9)
+                    window_start, window_iteration = now, it
+                    self.events.emit(
+                        "progress",
+                        iteration=it,
+                        total=self.total,
+                        losses={k: float(v) for k, v in parts.items()},
+                        lr=self.optimizer.param_groups[0]["lr"],
+                        it_per_s=round(rate, 4),
+                        eta_s=round((self.total - it) / max(rate, 1e-9), 1),
+                    )
+                if cfg["checkpoint_every"] and it % cfg["checkpoint_every"] == 0 and it < self.total:
+                    self.save()
+                if self._prediction_due(it):
+                    self.predict(round_name=f"iteration {it}")
+                if cfg["reload_every"] and it % cfg["reload_every"] == 0:
+                    self._reload_workspace_if_changed()
+            self.save()
+            if cfg["predict_cases"] != "none":
+                self.predict(round_name="final")
+            elapsed = time.perf_counter() - started
+            self.events.emit(
+                "finished",
+                iterations=self.iteration,
+                seconds=round(elapsed, 2),
+                skipped_steps=self.skipped_steps,
+            )
+            return "finished"
+        finally:
+            self.cancel.uninstall()
+
+    def _prediction_due(self, it: int) -> bool:
+        cfg = self.config
+        if it >= self.total or cfg["predict_cases"] == "none":
+            return False
+        early = cfg["first_prediction_at"] and it == cfg["first_prediction_at"]
+        periodic = cfg["predict_every"] and it % cfg["predict_every"] == 0
+        return bool(early or periodic)
+
+    def _reload_workspace_if_changed(self) -> None:
+        """New or changed labels join without a restart (continuous training on corrections)."""
+        path = self.workspace / "dataset.json"
+        mtime = path.stat().st_mtime
+        if mtime == self.dataset_mtime:
+            return
+        self.dataset_mtime = mtime
+        try:
+            spec = load_dataset(self.workspace)
+            split = split_cases(spec, self.config["split"])
+            validate_dataset(spec, cases=split.labelled + split.unlabelled, require_labelled=True)
+        except InputError as err:
+            self.events.emit("warning", message=f"workspace changed but cannot be used yet: {err.message}", hint=err.hint)
+            return
+        self.spec, self.split = spec, split
+        labelled_ids = {c.id for c in split.labelled}
+        for case in split.labelled + split.unlabelled:
+            old = self.prepared.get(case.id)
+            if old is None or (case.id in labelled_ids) != (old.label is not None) or case.id in labelled_ids:
+                self.prepared[case.id] = prepare_case(
+                    case, spec.modality, target_spacing=self.config["target_spacing"], with_label=case.id in labelled_ids
+                )
+        labelled = [self.prepared[c.id] for c in split.labelled]
+        unlabelled = [self.prepared[c.id] for c in split.unlabelled] if self.method.uses_unlabelled else []
+        self.sampler.replace_cases(labelled, unlabelled)
+        self.events.emit("workspace_reloaded", labelled=len(labelled), unlabelled=len(unlabelled))
+
+    # ---- prediction ----------------------------------------------------------------------
+    def cases_to_predict(self) -> List[str]:
+        which = self.config["predict_cases"]
+        groups = {
+            "all": self.split.labelled + self.split.unlabelled + self.split.held_out,
+            "training": self.split.labelled + self.split.unlabelled,
+            "held_out": self.split.held_out,
+        }
+        return [c.id for c in groups.get(which, [])]
+
+    def predict(self, round_name: str) -> None:
+        from ..inference.predictor import predict_cases
+
+        predict_cases(
+            networks=self.method.inference_networks(),
+            cases=[self.prepared[i] for i in self.cases_to_predict()],
+            run_dir=self.run_dir,
+            config=self.config,
+            num_classes=self.num_classes,
+            device=self.device,
+            events=self.events,
+            round_name=round_name,
+            iteration=self.iteration,
+        )
+
+
+def train_workspace(
+    workspace: Path,
+    config_path: Optional[Path] = None,
+    overrides: Optional[dict] = None,
+    run_id: Optional[str] = None,
+    resume: bool = False,
+    events: Optional[EventWriter] = None,
+) -> str:
+    """Run ``semisupseg train``; returns "finished" or "cancelled" (InputError for bad input)."""
+    workspace = Path(workspace).resolve()
+    events = events or EventWriter()
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if not (workspace / "dataset.json").is_file():
+        raise InputError(
+            f"{workspace} has no dataset.json.",
+            "Point --workspace at a folder written by the Slicer module or in the MSD layout (dataset.json + images).",
+        )
+    if resume:
+        run_dir = workspace / "runs" / run_id if run_id else latest_run(workspace)
+        config = load_config(run_dir / "config.json")
+        if "iterations" in overrides:  # extending a run is allowed; everything else is the run's own
+            config["iterations"] = overrides["iterations"]
+        if "device" in overrides:
+            config["device"] = overrides["device"]
+    else:
+        config = apply_overrides(load_config(config_path), **overrides)
+        run_dir = workspace / "runs" / (run_id or new_run_id(config["method"]))
+        if (run_dir / "checkpoints" / "last.pt").exists():
+            raise InputError(f"Run {run_dir.name} already exists.", "Use --resume to continue it, or another --run-id.")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    events.attach(run_dir / "events.jsonl")
+    trainer = Trainer(workspace, config, run_dir, events, resume)
+    save_json_atomic(trainer.config, run_dir / "config.json")
+    inputs = [p for c in trainer.split.labelled for p in (c.image, c.label)]
+    inputs += [c.image for c in trainer.split.unlabelled + trainer.split.held_out]
+    save_json_atomic(build_manifest(trainer.device, inputs), run_dir / "manifest.json")
+    if resume:
+        trainer.restore()
+    events.emit(
+        "started",
+        run=run_dir.name,
+        run_dir=str(run_dir),
+        device=device_description(trainer.device),
+        method=trainer.config["method"],
+        iterations=trainer.total,
+        start_iteration=trainer.iteration,
+        labelled=len(trainer.split.labelled),
+        unlabelled=len(trainer.split.unlabelled),
+        held_out=len(trainer.split.held_out),
+        patch_size=trainer.config["patch_size"],
+    )
+    state = trainer.run()
+    if state == "cancelled":
+        events.emit("cancelled", iteration=trainer.iteration, checkpoint=str(run_dir / "checkpoints" / "last.pt"))
+    return state
