@@ -1,0 +1,366 @@
+"""Training patches: device-resident volumes, foreground-biased crops, batched augmentation.
+
+Every prepared volume is uploaded once to the training device (when it fits), so a training
+step only slices tensors that are already there: no per-step disk reads, no host-to-device
+copies of whole volumes, no data-loader workers. The augmentation of dycon.md "Training step"
+(random crop, foreground-biased for labelled patches, random 90-degree in-plane rotation when
+the in-plane patch is square, random flips of x and y) runs on the batch, on the device.
+
+All randomness comes from one CPU ``torch.Generator`` seeded with ``seed`` (plus a device
+generator for the optional noise), so the same seed and the same cases give the same batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..methods.base import Batch
+from .preprocess import PreparedCase
+
+logger = logging.getLogger(__name__)
+
+PatchSize = Tuple[int, int, int]
+
+GPU_PATCH_VOXELS = 112 * 112 * 80  # ~1.0e6: the LA literature's patch, fits a 3D U-Net at batch 4+4
+CPU_PATCH_VOXELS = 64 * 64 * 48  # ~0.2e6: keeps a CPU step at a few seconds
+GPU_MEMORY_SHARE = 0.5  # volumes may take at most this share of the free GPU memory
+
+
+@dataclass
+class _Volume:
+    """One case as the sampler holds it: padded to at least the patch size."""
+
+    id: str
+    image: torch.Tensor  # float32 (X, Y, Z) on the storage device
+    label: Optional[torch.Tensor]  # uint8 (X, Y, Z) on the storage device
+    foreground: np.ndarray  # int64 C-order flat indices of label > 0 (empty when unlabelled)
+
+    @property
+    def shape(self) -> Tuple[int, int, int]:
+        return tuple(self.image.shape)
+
+
+class PatchSampler:
+    """Draws augmented batches of labelled and unlabelled patches.
+
+    Args:
+        labelled: cases with labels (at least one); drawn with replacement, so one is enough.
+        unlabelled: cases used without labels (may be empty).
+        patch_size: (x, y, z) voxels. Volumes smaller than it are zero-padded once, here.
+        device: where batches are returned (and volumes kept, if they fit).
+        seed: seeds every random choice.
+        fg_fraction: share of labelled patches centred on a random foreground voxel
+            (the others are uniform random crops). 0.5 as in dycon.md; 1 makes every labelled
+            patch contain foreground (for cases that have any).
+        rotate90: random k * 90 degree rotation in the (x, y) plane (only when patch x == y).
+        flip: random flip of x and of y, each with p = 0.5.
+        noise: standard deviation of Gaussian noise added to all image patches (None: off).
+
+    ``sample(n_l, n_u)`` returns ``Batch(x_l (n_l, 1, X, Y, Z) float32, y_l (n_l, X, Y, Z)
+    int64, x_u (n_u, 1, X, Y, Z) float32)`` on ``device``; image and label share one transform.
+    """
+
+    def __init__(
+        self,
+        labelled: Sequence[PreparedCase],
+        unlabelled: Sequence[PreparedCase],
+        patch_size: Sequence[int],
+        device: torch.device | str,
+        seed: int,
+        fg_fraction: float = 0.5,
+        rotate90: bool = True,
+        flip: bool = True,
+        noise: Optional[float] = None,
+    ):
+        if len(patch_size) != 3 or min(int(p) for p in patch_size) < 1:
+            raise ValueError(f"patch_size must be three positive integers, got {patch_size}")
+        if not 0.0 <= fg_fraction <= 1.0:
+            raise ValueError(f"fg_fraction must be in [0, 1], got {fg_fraction}")
+        self.patch_size: PatchSize = tuple(int(p) for p in patch_size)
+        self.device = torch.device(device)
+        self.fg_fraction = float(fg_fraction)
+        self.rotate90 = bool(rotate90)
+        self.flip = bool(flip)
+        self.noise = float(noise) if noise else None
+        self.generator = torch.Generator().manual_seed(int(seed))
+        self._noise_generator = (
+            torch.Generator(device=self.device).manual_seed(int(seed) + 1) if self.noise else None
+        )
+        self._labelled: List[_Volume] = []
+        self._unlabelled: List[_Volume] = []
+        self.storage_device = self.device
+        self.replace_cases(labelled, unlabelled)
+
+    # ------------------------------------------------------------------ cases
+    def replace_cases(self, labelled: Sequence[PreparedCase], unlabelled: Sequence[PreparedCase]) -> None:
+        """Swap in a new set of cases (the trainer re-read the workspace); the random stream
+        continues where it was."""
+        if not labelled:
+            raise InputError(
+                "No labelled case to train on.",
+                "Label at least one case (segment it and mark it as labelled) before training.",
+            )
+        missing = [case.id for case in labelled if case.label is None]
+        if missing:
+            raise ValueError(f"labelled cases without a label array: {missing}")
+        self._labelled, self._unlabelled = [], []  # release the old tensors before measuring memory
+        self.storage_device = self._choose_storage(list(labelled) + list(unlabelled))
+        self._labelled = [self._upload(case, with_label=True) for case in labelled]
+        self._unlabelled = [self._upload(case, with_label=False) for case in unlabelled]
+
+    @property
+    def num_labelled(self) -> int:
+        return len(self._labelled)
+
+    @property
+    def num_unlabelled(self) -> int:
+        return len(self._unlabelled)
+
+    @property
+    def resident_bytes(self) -> int:
+        """Bytes held by the volumes (on ``storage_device``)."""
+        volumes = self._labelled + self._unlabelled
+        return sum(v.image.nelement() * 4 + (v.label.nelement() if v.label is not None else 0) for v in volumes)
+
+    def _choose_storage(self, cases: Sequence[PreparedCase]) -> torch.device:
+        """The training device when the padded volumes take at most half its free memory, else CPU."""
+        if self.device.type != "cuda":
+            return self.device
+        needed = sum(
+            _padded_voxels(case.image.shape, self.patch_size) * (4 + (1 if case.label is not None else 0))
+            for case in cases
+        )
+        torch.cuda.empty_cache()  # the previous volumes' memory is cached, not free, until emptied
+        free, _ = torch.cuda.mem_get_info(self.device)
+        if needed > GPU_MEMORY_SHARE * free:
+            logger.warning(
+                "Volumes need %.2f GiB, more than %.0f%% of the %.2f GiB free on %s: keeping them "
+                "in CPU memory and copying each batch (slower).",
+                needed / 2**30, 100 * GPU_MEMORY_SHARE, free / 2**30, self.device,
+            )
+            return torch.device("cpu")
+        return self.device
+
+    def _upload(self, case: PreparedCase, with_label: bool) -> _Volume:
+        image = np.asarray(case.image, dtype=np.float32)
+        # Pad with the image minimum: "outside" is the darkest value after normalisation
+        # (air in CT, background in MR), not the mean that 0 would be.
+        image = _pad_to(image, self.patch_size, float(image.min()) if image.size else 0.0)
+        label, foreground = None, np.empty(0, dtype=np.int64)
+        if with_label:
+            label_arr = _pad_to(np.asarray(case.label, dtype=np.uint8), self.patch_size, 0)
+            # Indices stay on the CPU: crop starts must be Python ints for slicing, and reading
+            # them from GPU memory would synchronise the device once per patch.
+            foreground = np.flatnonzero(label_arr).astype(np.int64)
+            label = torch.from_numpy(np.ascontiguousarray(label_arr)).to(self.storage_device)
+        return _Volume(
+            id=case.id,
+            image=torch.from_numpy(np.ascontiguousarray(image)).to(self.storage_device),
+            label=label,
+            foreground=foreground,
+        )
+
+    # --------------------------------------------------------------- sampling
+    def sample(self, n_labelled: int, n_unlabelled: int) -> Batch:
+        """One augmented batch: ``n_labelled`` labelled and ``n_unlabelled`` unlabelled patches."""
+        x_l, y_l = self._labelled_patches(int(n_labelled))
+        x_u = self._unlabelled_patches(int(n_unlabelled))
+        x_l, y_l = self._augment(x_l, y_l)
+        x_u, _ = self._augment(x_u, None)
+        if self.noise:
+            x_l, x_u = self._add_noise(x_l), self._add_noise(x_u)
+        return Batch(x_l=x_l, y_l=y_l, x_u=x_u)
+
+    def _labelled_patches(self, n: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        # floor(f * n) patches are foreground-centred, plus one more with probability equal to
+        # the fractional part: exact expectation f * n, and a batch of 1 still gets some.
+        whole = math.floor(self.fg_fraction * n)
+        extra = self._uniform() < (self.fg_fraction * n - whole)
+        n_foreground = whole + int(extra)
+        picks = self._randint(len(self._labelled), n)
+        starts = [
+            self._start(self._labelled[c], foreground=i < n_foreground) for i, c in enumerate(picks)
+        ]
+        images = [_crop(self._labelled[c].image, s, self.patch_size) for c, s in zip(picks, starts)]
+        labels = [_crop(self._labelled[c].label, s, self.patch_size) for c, s in zip(picks, starts)]
+        return self._batch(images, torch.float32).unsqueeze(1), self._batch(labels, torch.int64)
+
+    def _unlabelled_patches(self, n: int) -> torch.Tensor:
+        if not self._unlabelled or n == 0:
+            return torch.zeros((0, 1) + self.patch_size, dtype=torch.float32, device=self.device)
+        picks = self._randint(len(self._unlabelled), n)
+        images = [
+            _crop(self._unlabelled[c].image, self._start(self._unlabelled[c], False), self.patch_size)
+            for c in picks
+        ]
+        return self._batch(images, torch.float32).unsqueeze(1)
+
+    def _start(self, volume: _Volume, foreground: bool) -> Tuple[int, int, int]:
+        """Crop corner: around a random foreground voxel (kept inside the patch), or uniform."""
+        limits = [size - patch for size, patch in zip(volume.shape, self.patch_size)]
+        if foreground and volume.foreground.size:
+            flat = int(volume.foreground[self._randint(volume.foreground.size, 1)[0]])
+            centre = np.unravel_index(flat, volume.shape)
+            # Clamping keeps the centre voxel inside: start <= centre < start + patch.
+            return tuple(
+                min(max(int(c) - p // 2, 0), limit) for c, p, limit in zip(centre, self.patch_size, limits)
+            )
+        return tuple(self._randint(limit + 1, 1)[0] for limit in limits)
+
+    def _batch(self, patches: List[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+        if not patches:
+            return torch.zeros((0,) + self.patch_size, dtype=dtype, device=self.device)
+        return torch.stack(patches).to(self.device, non_blocking=True).to(dtype)
+
+    # ----------------------------------------------------------- augmentation
+    def _augment(
+        self, images: torch.Tensor, labels: Optional[torch.Tensor]
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Same random rotation/flips for a sample's image (B, 1, X, Y, Z) and label (B, X, Y, Z).
+
+        Samples sharing a transform are processed together: at most 3 rotation and 2 flip
+        tensor operations per batch whatever its size, no Python loop over samples.
+        """
+        n = images.shape[0]
+        if n == 0:
+            return images, labels
+        if self.rotate90 and self.patch_size[0] == self.patch_size[1]:
+            turns = torch.randint(4, (n,), generator=self.generator)
+            for k in (1, 2, 3):
+                images, labels = self._apply(images, labels, turns == k, lambda t, d: torch.rot90(t, k, (d, d + 1)))
+        if self.flip:
+            for axis in (0, 1):
+                chosen = torch.rand(n, generator=self.generator) < 0.5
+                images, labels = self._apply(images, labels, chosen, lambda t, d: torch.flip(t, (d + axis,)))
+        return images, labels
+
+    @staticmethod
+    def _apply(images, labels, chosen: torch.Tensor, op):
+        """``op(tensor, first_spatial_dim)`` on the chosen samples of images and labels.
+
+        ``torch.where`` over the whole batch instead of indexing the chosen samples: no
+        host-device synchronisation (a boolean index would need the count on the host), and
+        the extra work is a few patch-sized copies.
+        """
+        if not bool(chosen.any()):  # CPU tensor: no device synchronisation
+            return images, labels
+        mask = chosen.to(images.device)
+        images = torch.where(mask.view(-1, 1, 1, 1, 1), op(images, 2), images)
+        if labels is not None:
+            labels = torch.where(mask.view(-1, 1, 1, 1), op(labels, 1), labels)
+        return images, labels
+
+    def _add_noise(self, images: torch.Tensor) -> torch.Tensor:
+        noise = torch.randn(images.shape, generator=self._noise_generator, device=images.device)
+        return images + self.noise * noise
+
+    # ----------------------------------------------------------------- random
+    def _randint(self, high: int, n: int) -> List[int]:
+        return torch.randint(high, (n,), generator=self.generator).tolist()
+
+    def _uniform(self) -> float:
+        return float(torch.rand((), generator=self.generator))
+
+
+def _padded_voxels(shape: Sequence[int], patch: Sequence[int]) -> int:
+    return int(np.prod([max(s, p) for s, p in zip(shape, patch)]))
+
+
+def _pad_to(arr: np.ndarray, patch: Sequence[int], value: float) -> np.ndarray:
+    """Pad each axis shorter than the patch, centring the volume (extra voxel at the end)."""
+    widths = [(max(p - s, 0) // 2, max(p - s, 0) - max(p - s, 0) // 2) for s, p in zip(arr.shape, patch)]
+    if not any(before or after for before, after in widths):
+        return arr
+    return np.pad(arr, widths, mode="constant", constant_values=value)
+
+
+def _crop(volume: torch.Tensor, start: Sequence[int], patch: Sequence[int]) -> torch.Tensor:
+    return volume[tuple(slice(s, s + p) for s, p in zip(start, patch))]
+
+
+def default_patch_size(
+    shapes: Sequence[Sequence[int]],
+    spacings: Sequence[Sequence[float]],
+    divisor: int = 16,
+    max_voxels: Optional[int] = None,
+    on_gpu: bool = False,
+) -> PatchSize:
+    """A patch size (x, y, z) for volumes of these training-grid shapes and spacings (mm).
+
+    1. ``cap`` = the median shape rounded *up* to a multiple of ``divisor``: a patch never
+       needs to be larger than the typical volume.
+    2. If ``cap`` fits the budget (``max_voxels``, default ``GPU_PATCH_VOXELS`` or
+       ``CPU_PATCH_VOXELS``) it is the answer.
+    3. Otherwise aim at a physically isotropic patch (a cube in mm, so a coarse axis gets fewer
+       voxels) of ``max_voxels`` voxels; axes where the cube exceeds ``cap`` are clipped and the
+       freed budget goes to the other axes.
+    4. Round each axis to the nearest multiple of ``divisor`` (at least ``divisor``), then shrink
+       (the axis whose physical extent stays largest, ties: z first) until within budget, and
+       grow (the physically shortest axis) while it still fits.
+    5. When x and y have the same spacing, make them equal so 90-degree rotations apply.
+
+    Example: LA (about 183 x 140 x 88, 0.625 mm isotropic) gives 96 x 96 x 96 on a GPU and
+    64 x 64 x 48 on a CPU; 256 x 256 x 30 at 0.8 x 0.8 x 5 mm gives 176 x 176 x 32 on a GPU.
+    """
+    if not shapes:
+        raise ValueError("default_patch_size needs at least one volume shape")
+    budget = int(max_voxels or (GPU_PATCH_VOXELS if on_gpu else CPU_PATCH_VOXELS))
+    median_shape = np.median(np.asarray(shapes, dtype=np.float64), axis=0)
+    spacing = np.median(np.asarray(spacings, dtype=np.float64), axis=0)
+    cap = [max(divisor, int(math.ceil(s / divisor)) * divisor) for s in median_shape]
+    if math.prod(cap) <= budget:
+        return tuple(cap)
+    patch = [max(divisor, min(c, int(round(v / divisor)) * divisor)) for v, c in zip(_isotropic_patch(cap, spacing, budget), cap)]
+    _shrink_to_budget(patch, spacing, budget, divisor)
+    _grow_within_budget(patch, cap, spacing, budget, divisor, axes=(0, 1, 2))
+    if np.isclose(spacing[0], spacing[1], rtol=0.01) and patch[0] != patch[1]:
+        high = max(patch[0], patch[1])
+        if high <= min(cap[0], cap[1]) and math.prod([high, high, patch[2]]) <= budget:
+            patch[0] = patch[1] = high
+        else:
+            patch[0] = patch[1] = min(patch[0], patch[1])
+            _grow_within_budget(patch, cap, spacing, budget, divisor, axes=(2,))
+    return tuple(int(p) for p in patch)
+
+
+def _isotropic_patch(cap: Sequence[int], spacing: np.ndarray, budget: int) -> List[float]:
+    """Voxels per axis of a cube in mm holding ``budget`` voxels, axes clipped to ``cap``."""
+    clipped = {}
+    while len(clipped) < 3:
+        free = [a for a in range(3) if a not in clipped]
+        # prod_free(edge / s_a) * prod_clipped(cap_a) = budget, solved for the edge in mm
+        fixed = math.prod(cap[a] for a in clipped)
+        edge = (budget / fixed * math.prod(spacing[a] for a in free)) ** (1.0 / len(free))
+        over = [a for a in free if edge / spacing[a] > cap[a]]
+        if not over:
+            break
+        clipped.update({a: cap[a] for a in over})
+    return [clipped[a] if a in clipped else edge / spacing[a] for a in range(3)]
+
+
+def _shrink_to_budget(patch: List[int], spacing: np.ndarray, budget: int, divisor: int) -> None:
+    while math.prod(patch) > budget:
+        candidates = [a for a in range(3) if patch[a] > divisor]
+        if not candidates:
+            return
+        axis = max(candidates, key=lambda a: ((patch[a] - divisor) * spacing[a], a))
+        patch[axis] -= divisor
+
+
+def _grow_within_budget(patch, cap, spacing, budget: int, divisor: int, axes) -> None:
+    while True:
+        candidates = [
+            a for a in axes
+            if patch[a] + divisor <= cap[a] and math.prod(patch) // patch[a] * (patch[a] + divisor) <= budget
+        ]
+        if not candidates:
+            return
+        axis = min(candidates, key=lambda a: (patch[a] * spacing[a], a))
+        patch[axis] += divisor

@@ -1,0 +1,184 @@
+"""Uncertain regions on a synthetic map with known blobs, on a rotated anisotropic grid."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from semisupseg.errors import InputError
+from semisupseg.inference.regions import (
+    boundary_band,
+    default_class_weights,
+    find_uncertain_regions,
+    read_regions_json,
+    write_regions_json,
+)
+
+SHAPE = (40, 24, 12)
+SPACING = np.array([0.5, 1.0, 2.0])  # voxel volume 1 mm^3
+ORIGIN = np.array([10.0, -5.0, 3.0])
+
+
+def _direction() -> np.ndarray:
+    """Rotation by 30 degrees about z, then 20 degrees about x."""
+    cz, sz = math.cos(math.radians(30)), math.sin(math.radians(30))
+    cx, sx = math.cos(math.radians(20)), math.sin(math.radians(20))
+    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    return rz @ rx
+
+
+DIRECTION = _direction()
+
+
+def physical(index) -> np.ndarray:
+    """Independent of SimpleITK: p = origin + D diag(spacing) index (LPS mm)."""
+    return ORIGIN + DIRECTION @ (SPACING * np.asarray(index, dtype=float))
+
+
+@pytest.fixture
+def reference() -> sitk.Image:
+    image = sitk.Image(list(SHAPE), sitk.sitkFloat32)
+    image.SetSpacing(SPACING.tolist())
+    image.SetOrigin(ORIGIN.tolist())
+    image.SetDirection(DIRECTION.ravel().tolist())
+    return image
+
+
+@pytest.fixture
+def blobs() -> np.ndarray:
+    """A: 5^3 at 0.8 (sum 100); B: 4^3 with u = 0.6..0.9 along x (sum 16 * 3.0 = 48);
+    C: 3^3 at 1.0 (sum 27, 27 mm^3 >= 20); a 2-voxel speck at 1.0 (2 mm^3 < 20: dropped)."""
+    u = np.zeros(SHAPE, dtype=np.float32)
+    u[2:7, 2:7, 2:7] = 0.8
+    u[15:19, 2:6, 2:6] = np.array([0.6, 0.7, 0.8, 0.9])[:, None, None]
+    u[30:33, 15:18, 6:9] = 1.0
+    u[20:22, 20, 10] = 1.0
+    u[10, 15, 3] = 0.5  # exactly at the threshold: not uncertain (u > threshold)
+    return u
+
+
+NEUTRAL = {0: 1.0, 1: 1.0}
+
+
+def test_regions_count_order_and_fields(blobs, reference):
+    labelmap = np.zeros(SHAPE, dtype=np.uint8)
+    regions = find_uncertain_regions(blobs, labelmap, reference)
+    assert len(regions) == 3  # the speck is below min_volume_mm3
+    assert [r["rank"] for r in regions] == [1, 2, 3]
+    assert [r["score"] for r in regions] == pytest.approx([100.0, 48.0, 27.0], rel=1e-5)
+    a, b, c = regions
+    assert [r["voxels"] for r in regions] == [125, 64, 27]
+    assert a["volume_ml"] == pytest.approx(0.125)
+    assert a["mean_uncertainty"] == pytest.approx(0.8) and b["sum_uncertainty"] == pytest.approx(48.0)
+    assert a["bbox_voxels"] == {"min": [2, 2, 2], "max": [6, 6, 6]}
+    assert c["bbox_voxels"] == {"min": [30, 15, 6], "max": [32, 17, 8]}
+    assert a["predicted_class"] == 0 and a["boundary_fraction"] == 0.0
+    json.dumps(regions, allow_nan=False)  # plain JSON types only
+
+
+def test_centres_are_physical_lps_points(blobs, reference):
+    regions = find_uncertain_regions(blobs, np.zeros(SHAPE, np.uint8), reference)
+    a, b, c = regions
+    # B's uncertainty-weighted centroid along x: (15*.6 + 16*.7 + 17*.8 + 18*.9) / 3.0 = 50 / 3
+    expected_index = {"a": (4.0, 4.0, 4.0), "b": (50 / 3, 3.5, 3.5), "c": (31.0, 16.0, 7.0)}
+    for region, key in zip(regions, "abc"):
+        lps = physical(expected_index[key])
+        assert region["center_lps_mm"] == pytest.approx(lps.tolist(), abs=1e-6)
+        assert region["center_ras_mm"] == pytest.approx([-lps[0], -lps[1], lps[2]], abs=1e-6)
+    assert b["center_voxel"] == [17, 4, 4]
+    assert c["center_voxel"] == [31, 16, 7]
+    # A's box spans the outer faces of its voxels: index 1.5 .. 6.5 on every axis.
+    ends = (1.5, 6.5)
+    corners = np.array([physical([i, j, k]) for i in ends for j in ends for k in ends])
+    assert a["bbox_mm"]["min"] == pytest.approx(corners.min(0).tolist(), abs=1e-6)
+    assert a["bbox_mm"]["max"] == pytest.approx(corners.max(0).tolist(), abs=1e-6)
+
+
+def _labelmap_cutting_c() -> np.ndarray:
+    """Foreground box x 28..31: its face between x = 31 and 32 runs through blob C (x 30..32),
+    so every C voxel is within 2 voxels of a label change; A and B are far from it."""
+    labelmap = np.zeros(SHAPE, dtype=np.uint8)
+    labelmap[28:32, 12:20, 4:11] = 1
+    return labelmap
+
+
+def test_boundary_weight_changes_the_order(blobs, reference):
+    labelmap = _labelmap_cutting_c()
+    plain = find_uncertain_regions(blobs, labelmap, reference, boundary_weight=0.0, class_weights=NEUTRAL)
+    assert [r["voxels"] for r in plain] == [125, 64, 27]  # A 100, B 48, C 27
+    weighted = find_uncertain_regions(blobs, labelmap, reference, boundary_weight=2.0, class_weights=NEUTRAL)
+    # C: 27 voxels, all near the boundary, weight 1 + 2 = 3 -> 81 > B's 48.
+    assert [r["voxels"] for r in weighted] == [125, 27, 64]
+    assert weighted[1]["score"] == pytest.approx(81.0)
+    assert weighted[1]["boundary_fraction"] == 1.0
+    assert weighted[1]["predicted_class"] == 1  # 18 of its 27 voxels are predicted foreground
+
+
+def test_default_class_weights_favour_rare_classes(blobs, reference):
+    labelmap = _labelmap_cutting_c()
+    # class 1 has 4*8*7 = 224 voxels, background 11520 - 224 = 11296: 11296/224 = 50.4 -> cap 10
+    assert default_class_weights(labelmap) == {0: 1.0, 1: 10.0}
+    regions = find_uncertain_regions(blobs, labelmap, reference, boundary_weight=0.0)
+    # C: 18 voxels predicted 1 (weight 10) + 9 background -> 189 > A's 100
+    assert regions[0]["voxels"] == 27 and regions[0]["score"] == pytest.approx(189.0)
+    assert [r["voxels"] for r in regions] == [27, 125, 64]
+
+
+def test_max_regions_and_threshold(blobs, reference):
+    labelmap = np.zeros(SHAPE, np.uint8)
+    top = find_uncertain_regions(blobs, labelmap, reference, max_regions=2)
+    assert [r["rank"] for r in top] == [1, 2] and [r["voxels"] for r in top] == [125, 64]
+    high = find_uncertain_regions(blobs, labelmap, reference, threshold=0.85)
+    # only u > 0.85: C (1.0) and B's x = 18 slice (0.9, 16 voxels, 16 mm^3 < 20: dropped)
+    assert [r["voxels"] for r in high] == [27]
+    tiny = find_uncertain_regions(blobs, labelmap, reference, min_volume_mm3=0.0)
+    assert len(tiny) == 4
+
+
+def test_diagonal_neighbours_join(reference):
+    u = np.zeros(SHAPE, np.float32)
+    u[5, 5, 5] = u[6, 6, 6] = 0.9  # touching only at a corner
+    regions = find_uncertain_regions(u, np.zeros(SHAPE, np.uint8), reference, min_volume_mm3=0.0)
+    assert len(regions) == 1 and regions[0]["voxels"] == 2
+
+
+def test_boundary_band_width():
+    labelmap = np.zeros((12, 3, 3), dtype=np.uint8)
+    labelmap[6:] = 1  # the label changes between x = 5 and x = 6
+    band = boundary_band(labelmap, width=2)
+    assert band[:, 1, 1].tolist() == [False] * 4 + [True] * 4 + [False] * 4
+    assert not boundary_band(labelmap, width=0).any()
+
+
+def test_shape_mismatch_is_an_error(blobs, reference):
+    with pytest.raises(ValueError):
+        find_uncertain_regions(blobs[:-1], np.zeros(SHAPE, np.uint8)[:-1], reference)
+
+
+def test_regions_json_round_trip(blobs, reference, tmp_path):
+    regions = find_uncertain_regions(blobs, np.zeros(SHAPE, np.uint8), reference)
+    path = tmp_path / "run" / "regions.json"
+    write_regions_json(path, {"case0": regions, "case1": []}, {"round": "final", "iteration": 10})
+    raw = json.loads(path.read_text())
+    assert raw["coordinate_system"] == "LPS" and raw["units"] == "mm"
+    assert raw["meta"] == {"round": "final", "iteration": 10}
+    document = read_regions_json(path)
+    assert document["cases"]["case0"] == regions  # JSON floats round-trip exactly
+    assert document["cases"]["case1"] == []
+    assert [p.name for p in path.parent.iterdir()] == ["regions.json"]  # no temporary left behind
+
+
+def test_read_regions_json_errors(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        read_regions_json(tmp_path / "regions.json")
+    (tmp_path / "regions.json").write_text("{not json")
+    with pytest.raises(InputError, match="not readable"):
+        read_regions_json(tmp_path / "regions.json")
+    (tmp_path / "regions.json").write_text('{"format": 1}')
+    with pytest.raises(InputError, match="no 'cases'"):
+        read_regions_json(tmp_path / "regions.json")
