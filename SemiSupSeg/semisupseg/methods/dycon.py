@@ -6,7 +6,8 @@ Training step (shapes for B = B_l + B_u patches of X x Y x Z voxels, C classes):
     L = L_sup(s[:B_l], y) + eta * (L_UnCL(s, t; beta(t)) + L_FeCL) [+ mse_weight * MSE]
 FeCL runs separately on the labelled patches (patch labels from the ground truth) and on the
 unlabelled ones (patch labels from the teacher's prediction where it is confident, decision D1);
-the two parts are logged separately and L_FeCL is their mean over the streams that have anchors.
+the two parts are logged separately and L_FeCL is their anchor-weighted mean, i.e. exactly the
+mean over all anchors of both streams (a stream without anchors does not dilute the other).
 """
 
 from __future__ import annotations
@@ -116,9 +117,9 @@ class DyCON(Method):
             s32, t32 = s_logits.float(), t_logits.float()
             beta = self.beta(ctx.progress)
             l_uncl = uncl(s32, t32, beta)
-            fecl_l, fecl_u = self.fecl_parts(s32, t32, s_emb.float(), t_emb.float(), batch.y_l, n_l)
-            streams = [v for v in (fecl_l, fecl_u) if v is not None]
-            l_fecl = torch.stack(streams).mean() if streams else s32.sum() * 0.0
+            streams = self.fecl_parts(s32, t32, s_emb.float(), t_emb.float(), batch.y_l, n_l)
+            fecl_l, fecl_u = (None if v is None else v[0] for v in streams)
+            l_fecl = pooled_mean([v for v in streams if v is not None], s32)
             loss = sup + o["eta"] * (l_uncl + l_fecl)
             parts = {"sup": sup.detach(), "uncl": l_uncl.detach(), "fecl": l_fecl.detach(), "beta": torch.tensor(beta)}
             if fecl_l is not None:
@@ -132,7 +133,7 @@ class DyCON(Method):
         return StepOutput(loss, parts)
 
     def fecl_parts(self, s_logits, t_logits, s_emb, t_emb, y_l, n_l):
-        """FeCL on the labelled and the unlabelled patches; ``None`` for a stream that is off or empty."""
+        """(FeCL, anchor count) on the labelled and on the unlabelled patches; ``None`` for a stream that is off."""
         o = self.options
         z = F.normalize(s_emb.flatten(2).transpose(1, 2), dim=-1)  # (B, N, D)
         z_t = F.normalize(t_emb.flatten(2).transpose(1, 2), dim=-1)
@@ -148,7 +149,8 @@ class DyCON(Method):
                 out.append(None)
                 continue
             anchors = cap_anchors(labels, o["max_anchors"], self._generator(labels.device))
-            out.append(fecl(z[rows], anchors, z_t[rows], labels, entropy[rows], o["tau"], o["gamma"], o["top_k"]))
+            value = fecl(z[rows], anchors, z_t[rows], labels, entropy[rows], o["tau"], o["gamma"], o["top_k"])
+            out.append((value, anchors_with_positive(anchors, self.num_classes)))
         return out[0], out[1]
 
     def _generator(self, device) -> torch.Generator:
@@ -160,3 +162,21 @@ class DyCON(Method):
     @torch.no_grad()
     def after_optimizer_step(self, ctx: StepContext) -> None:
         ema_update(self.teacher, self.student, ema_decay(ctx.iteration, self.options["ema_decay"]))
+
+
+def anchors_with_positive(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Number of anchors that have at least one positive: per sample, classes with >= 2 patches.
+
+    labels: (B, N) with -1 for excluded patches. A float tensor (no host sync).
+    """
+    counts = torch.stack([(labels == c).sum(1) for c in range(num_classes)], 1)  # (B, C)
+    return torch.where(counts >= 2, counts, torch.zeros_like(counts)).sum().float()
+
+
+def pooled_mean(streams: list, like: torch.Tensor) -> torch.Tensor:
+    """Anchor-weighted mean of per-stream FeCL means = the mean over all anchors of all streams."""
+    if not streams:
+        return like.sum() * 0.0
+    total = sum(value * count for value, count in streams)
+    count = sum(count for _, count in streams)
+    return total / count.clamp_min(1.0)

@@ -141,7 +141,7 @@ class Trainer:
         set_seed(int(self.config["seed"]))
         method = build_method(self.config["method"], self._network_factory(), self.num_classes, self.config["method_options"])
         method = method.to(self.device)
-        if self.config["channels_last"]:
+        if self.channels_last:
             method = method.to(memory_format=torch.channels_last_3d)
         return method
 
@@ -156,6 +156,11 @@ class Trainer:
             seed=int(self.config["seed"]),
             fg_fraction=float(self.config["fg_fraction"]),
         )
+
+    @property
+    def channels_last(self) -> bool:
+        setting = self.config["channels_last"]
+        return self.device.type == "cpu" if setting == "auto" else bool(setting)
 
     @property
     def autocast_dtype(self) -> Optional[torch.dtype]:
@@ -201,7 +206,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(self.config["optimizer"]["lr"], ctx.progress, self.config["optimizer"]["schedule"])
         batch = self.sampler.sample(int(self.config["batch_labelled"]), int(self.config["batch_unlabelled"]))
-        if self.config["channels_last"]:
+        if self.channels_last:
             batch.x_l = batch.x_l.contiguous(memory_format=torch.channels_last_3d)
             batch.x_u = batch.x_u.contiguous(memory_format=torch.channels_last_3d)
         self.method.train()
