@@ -120,3 +120,16 @@ def test_unknown_method_option_is_an_input_error():
     with pytest.raises(InputError):
         build_method("dycon", tiny_net, 2, {"fecl_streams": "sometimes"})
     assert {"supervised", "mean_teacher", "dycon"} <= set(METHODS)
+
+
+@pytest.mark.slow
+def test_teacher_of_a_compiled_student_is_its_own_network():
+    student = torch.nn.Linear(2, 2)
+    student.compile()
+    teacher = make_teacher(student)
+    with torch.no_grad():
+        teacher.weight.zero_()
+        teacher.bias.zero_()
+    x = torch.ones(1, 2)
+    assert torch.equal(teacher(x), torch.zeros(1, 2))
+    assert not torch.equal(student(x), torch.zeros(1, 2))

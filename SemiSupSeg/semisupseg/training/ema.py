@@ -32,7 +32,16 @@ def make_teacher(student: nn.Module) -> nn.Module:
     """A frozen copy of the student (exact copy, so iteration 0 needs no special case)."""
     import copy
 
-    teacher = copy.deepcopy(student)
+    # A compiled student (nn.Module.compile) holds a compiled call bound to itself; copying that
+    # would make the "teacher" run the student. Copy the plain module and compile the copy.
+    compiled = getattr(student, "_compiled_call_impl", None)
+    student._compiled_call_impl = None
+    try:
+        teacher = copy.deepcopy(student)
+    finally:
+        student._compiled_call_impl = compiled
+    if compiled is not None:
+        teacher.compile()
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher

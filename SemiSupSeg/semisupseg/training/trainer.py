@@ -132,8 +132,13 @@ class Trainer:
     def _network_factory(self):
         name, options = self.config["network"], dict(self.config["network_options"])
 
+        compile_networks = bool(self.config["compile"])
+
         def build():
-            return build_network(name, in_channels=1, num_classes=self.num_classes, **options)
+            net = build_network(name, in_channels=1, num_classes=self.num_classes, **options)
+            if compile_networks:
+                net.compile()  # in place: state_dict keys stay those of the plain network
+            return net
 
         return build
 

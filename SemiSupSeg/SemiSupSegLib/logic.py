@@ -1,0 +1,175 @@
+"""``SemiSupSegLogic``: the one object the module's GUI talks to.
+
+A facade over the single-purpose modules of this package (workspace writing, the worker process,
+results, navigation, export, dependencies). Qt-free: it runs in Slicer and headless with the
+``slicer-core`` wheel. It is a plain class rather than a ``ScriptedLoadableModuleLogic``, whose
+module imports Qt; the GUI keeps the parameter node.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from pathlib import Path
+
+import slicer
+
+from . import case_nodes, dependencies, navigation
+from .corrections import acceptPrediction
+from .exporter import Exporter
+from .files import atomicWriteJson
+from .results_loader import ResultsLoader
+from .training_job import TrainingJob, defaultPythonExecutable, runFolder, workerCommand, workerEnvironment
+from .workspace_files import classNamesOf, readDataset
+from .workspace_writer import WorkspaceWriter
+
+MODULE_DIR = Path(__file__).resolve().parent.parent  # SemiSupSeg/: holds the engine package ``semisupseg``
+
+
+def newRunId() -> str:
+    """``20261123-101530-3fa2``: sortable by start time, unique, file-name safe."""
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+class SemiSupSegLogic:
+    """Scene <-> workspace, training worker, results, navigation and export.
+
+    ``scene`` defaults to ``slicer.mrmlScene`` (looked up at each call). ``pythonExecutable``
+    chooses the worker's Python (default: ``PythonSlicer`` in Slicer, else this interpreter);
+    a non-Slicer Python (e.g. a CUDA environment) runs with Slicer's startup environment.
+    """
+
+    def __init__(self, scene=None, pythonExecutable: str | None = None, moduleDir=None):
+        self._scene = scene
+        self.pythonExecutable = pythonExecutable
+        self.moduleDir = Path(moduleDir) if moduleDir else MODULE_DIR
+        self.classNames: list[str] | None = None  # class list of the last workspace written or loaded
+        self.workspaceDir: Path | None = None
+
+    @property
+    def scene(self):
+        return self._scene if self._scene is not None else slicer.mrmlScene
+
+    # -- scene -> workspace ---------------------------------------------------------------
+
+    def writeWorkspace(self, workspaceDir, cases, classNames=None, name: str | None = None, modality: str | None = None) -> dict:
+        """Write ``cases`` = ``[(volumeNode, segmentationNode or None, labelled), ...]`` as a workspace.
+
+        Returns ``{"written": [...], "unchanged": [...], "cases": n, "labelled": n, ...}``; raises
+        ValueError (naming the node and the fix) for inconsistent segment names or bad inputs.
+        """
+        result = WorkspaceWriter(self.scene).write(workspaceDir, cases, classNames, name=name, modality=modality)
+        self.classNames = result["classNames"]
+        self.workspaceDir = Path(workspaceDir)
+        return result
+
+    def sceneCases(self) -> list[tuple]:
+        """``(volumeNode, user segmentation or None, labelled)`` of every volume already in a workspace."""
+        return [
+            (node, case_nodes.userSegmentationNode(self.scene, node), case_nodes.isLabelled(node))
+            for node in case_nodes.registeredVolumeNodes(self.scene)
+        ]
+
+    def caseVolumeNode(self, caseId: str):
+        return case_nodes.volumeNodeForCase(self.scene, caseId)
+
+    def setCaseLabelled(self, caseIdOrVolumeNode, labelled: bool) -> None:
+        case_nodes.setLabelled(self._volumeNode(caseIdOrVolumeNode), labelled)
+
+    # -- worker ---------------------------------------------------------------------------
+
+    def workerPython(self, pythonExecutable: str | None = None) -> str:
+        return pythonExecutable or self.pythonExecutable or defaultPythonExecutable()
+
+    def workerEnvironment(self, pythonExecutable: str) -> dict:
+        """Environment of the worker; a foreign Python must not inherit Slicer's PYTHONHOME/PYTHONPATH."""
+        base = None
+        if "PythonSlicer" not in Path(pythonExecutable).name and hasattr(slicer, "app"):
+            try:
+                base = slicer.util.startupEnvironment()
+            except Exception:  # headless or an older Slicer: keep the current environment
+                base = None
+        return workerEnvironment(self.moduleDir, base)
+
+    def startTraining(self, workspaceDir, config: dict, pythonExecutable: str | None = None,
+                      runId: str | None = None, resume: bool = False) -> TrainingJob:
+        """Start ``python -m semisupseg train`` on the workspace; returns at once with the running job."""
+        runId = runId or newRunId()
+        configPath = Path(workspaceDir) / "runs" / f"pending-{runId}.json"
+        atomicWriteJson(configPath, dict(config))
+        python = self.workerPython(pythonExecutable)
+        command = workerCommand(python, workspaceDir, configPath, runId, resume=resume)
+        self.workspaceDir = Path(workspaceDir)
+        return TrainingJob(runId, workspaceDir, command, self.workerEnvironment(python), cwd=workspaceDir)
+
+    def runDir(self, workspaceDir, runId: str) -> Path:
+        return runFolder(workspaceDir, runId)
+
+    # -- results --------------------------------------------------------------------------
+
+    def loadResults(self, workspaceDir, runId: str, caseIds=None) -> dict:
+        """``{caseId: {"segmentation": segNode, "uncertainty": volumeNode}}``; see ResultsLoader."""
+        results = ResultsLoader(self.scene).load(workspaceDir, runId, caseIds)
+        self.classNames = classNamesOf(readDataset(workspaceDir))
+        return results
+
+    def showCase(self, caseId: str) -> None:
+        ResultsLoader(self.scene).showCase(caseId)
+
+    def regions(self, workspaceDir, runId: str, caseId: str) -> list[dict]:
+        return navigation.loadRegions(workspaceDir, runId, caseId)
+
+    @staticmethod
+    def regionCenterRAS(region: dict) -> list[float]:
+        return navigation.regionCenterRAS(region)
+
+    def jumpToRegion(self, region: dict) -> None:
+        """Show the region's case (when its results are loaded) and centre all slice views on the region."""
+        caseId = region.get("case")
+        if caseId and case_nodes.volumeNodeForCase(self.scene, caseId) is not None:
+            ResultsLoader(self.scene).showCase(caseId)
+        navigation.jumpToRegion(self.scene, region)
+
+    def caseScores(self, workspaceDir, runId: str) -> dict[str, float]:
+        return navigation.caseScores(workspaceDir, runId)
+
+    # -- corrections ----------------------------------------------------------------------
+
+    def acceptPrediction(self, caseIdOrVolumeNode):
+        """Copy the loaded prediction into the user's segmentation (created if missing) and mark
+        the case labelled: the only operation that changes a user's segmentation. Returns it."""
+        return acceptPrediction(self.scene, self._volumeNode(caseIdOrVolumeNode))
+
+    # -- export ---------------------------------------------------------------------------
+
+    def exportSegmentations(self, outputDir, format: str = "seg.nrrd", caseIds=None, overwrite: bool = False,
+                            source: str = "auto", classNames=None) -> list[str]:
+        """Export each case's segmentation (the user's, else the prediction); see Exporter.export."""
+        return Exporter(self.scene).export(
+            outputDir, format, caseIds, overwrite=overwrite, source=source,
+            classNames=classNames if classNames is not None else self.classNames,
+        )
+
+    # -- dependencies ---------------------------------------------------------------------
+
+    def requirements(self) -> list[str]:
+        return dependencies.readRequirements(self.moduleDir / "Resources" / "requirements.txt")
+
+    def engineStatus(self, pythonExecutable: str | None = None) -> dict:
+        """Torch version, CUDA, device and missing requirements of the worker's Python (runs a child process)."""
+        python = self.workerPython(pythonExecutable)
+        return dependencies.engineStatus(python, self.requirements(), self.workerEnvironment(python))
+
+    def installDependencies(self, confirm) -> None:
+        """Install torch (PyTorch extension) and the other requirements into Slicer's Python after ``confirm(message)``."""
+        dependencies.installDependencies(confirm, self.requirements())
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _volumeNode(self, caseIdOrVolumeNode):
+        if isinstance(caseIdOrVolumeNode, str):
+            volumeNode = case_nodes.volumeNodeForCase(self.scene, caseIdOrVolumeNode)
+            if volumeNode is None:
+                raise ValueError(f'No volume of case "{caseIdOrVolumeNode}" in the scene; write the workspace first.')
+            return volumeNode
+        return caseIdOrVolumeNode
