@@ -256,3 +256,22 @@ def test_methods_lists_the_core_methods(capsys):
     listing = json.loads(capsys.readouterr().out)
     assert {"supervised", "mean_teacher", "dycon"} <= set(listing)
     assert listing["dycon"]["options"]["tau"] == 0.6
+
+
+def test_predict_with_mc_dropout_writes_mutual_information_on_the_image_grid(tiny_workspace, capsys):
+    rc, _ = train(tiny_workspace, capsys, "--iterations", "1", "--run-id", "mc", predict_cases="none")
+    assert rc == 0
+    run = tiny_workspace / "runs" / "mc"
+    rc = main(["predict", "--run", str(run), "--cases", "case0", "--mc-dropout", "2", "--device", "cpu"])
+    assert rc == 0
+    events = read_events(capsys)
+    prediction = next(e for e in events if e["event"] == "prediction")
+    mi = sitk.ReadImage(prediction["mutual_information"])
+    image = sitk.ReadImage(str(next(tiny_workspace.glob("images/case0.*"))))
+    assert mi.GetSize() == image.GetSize() and np.allclose(mi.GetDirection(), image.GetDirection())
+    values = sitk.GetArrayFromImage(mi)
+    assert values.min() >= 0.0 and values.max() <= 1.0 and values.max() > 0.0  # dropout passes disagree
+    regions = json.loads((run / "regions.json").read_text())
+    assert regions["meta"]["case_order"] == ["case0"]
+    rc = main(["predict", "--run", str(run), "--cases", "nope"])
+    assert rc == 2

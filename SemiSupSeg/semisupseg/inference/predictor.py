@@ -19,7 +19,7 @@ import torch
 from ..data.io import from_array, to_array, write_image_atomic
 from ..data.preprocess import resample_like
 from .regions import find_uncertain_regions, write_regions_json
-from .scores import case_score
+from .scores import case_score, rank_cases
 from .sliding_window import predict_probabilities
 from .uncertainty import normalised_entropy
 
@@ -110,7 +110,10 @@ def predict_cases(
         for net, mode in zip(networks, modes):
             net.train(mode)
     path = run_dir / "regions.json"
-    write_regions_json(path, regions, {"round": round_name, "iteration": iteration, "scores": scores})
+    meta = {"round": round_name, "iteration": iteration, "scores": scores,
+            "case_order": rank_cases(scores, order="uncertainty"),
+            "case_order_definition": "descending case score (see semisupseg.inference.scores.case_score)"}
+    write_regions_json(path, regions, meta)
     events.emit("regions", path=str(path), round=round_name)
     return scores
 

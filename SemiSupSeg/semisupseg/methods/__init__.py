@@ -19,6 +19,13 @@ METHODS: Dict[str, Type[Method]] = {
 }
 
 # --- companion methods (registered below by their module) ---
+from .bidirectional_region import BidirectionalRegion  # noqa: E402
+from .dual_uncertainty import DualUncertainty  # noqa: E402
+from .uamt import UAMT  # noqa: E402
+
+METHODS[UAMT.name] = UAMT
+METHODS[DualUncertainty.name] = DualUncertainty
+METHODS[BidirectionalRegion.name] = BidirectionalRegion
 # --- end companion methods ---
 
 

@@ -13,10 +13,11 @@ from typing import Callable, Dict
 from torch import nn
 
 from ..errors import InputError
+from .resnet_vnet import ResNetVNet
 from .unet3d import UNet3D
 from .vnet import VNet
 
-NETWORKS: Dict[str, Callable[..., nn.Module]] = {"unet3d": UNet3D, "vnet": VNet}
+NETWORKS: Dict[str, Callable[..., nn.Module]] = {"unet3d": UNet3D, "vnet": VNet, "resnet_vnet": ResNetVNet}
 
 
 def build_network(name: str, in_channels: int = 1, num_classes: int = 2, **options) -> nn.Module:
@@ -51,4 +52,4 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-__all__ = ["NETWORKS", "build_network", "enable_mc_dropout", "count_parameters", "UNet3D", "VNet"]
+__all__ = ["NETWORKS", "build_network", "enable_mc_dropout", "count_parameters", "UNet3D", "VNet", "ResNetVNet"]
