@@ -26,7 +26,7 @@ def tiny_net():
 def tiny_batch(n_l=2, n_u=2, size=(32, 32, 16), seed=0):
     g = torch.Generator().manual_seed(seed)
     y = torch.zeros(n_l, *size, dtype=torch.long)
-    y[:, 8:24, 8:24, 4:12] = 1
+    y[:, 8:24, 8:24, 0:8] = 1  # whole 8^3 blocks, so FeCL has foreground patches
     x_l = y[:, None].float() + 0.3 * torch.randn(n_l, 1, *size, generator=g)
     x_u = torch.randn(n_u, 1, *size, generator=g)
     return Batch(x_l, y, x_u)
@@ -133,3 +133,20 @@ def test_teacher_of_a_compiled_student_is_its_own_network():
     x = torch.ones(1, 2)
     assert torch.equal(teacher(x), torch.zeros(1, 2))
     assert not torch.equal(student(x), torch.zeros(1, 2))
+
+
+def test_dycon_threshold_hard_negatives_option_runs_and_differs():
+    torch.manual_seed(0)
+    paper = build_method("dycon", tiny_net, 2, {})
+    torch.manual_seed(0)
+    released = build_method("dycon", tiny_net, 2, {"hard_negatives": "threshold"})
+    batch = tiny_batch()
+    torch.manual_seed(1)
+    a = paper.training_step(batch, StepContext(0, 10))
+    torch.manual_seed(1)
+    b = released.training_step(batch, StepContext(0, 10))
+    assert torch.isfinite(b.loss)
+    assert a.parts["sup"].item() == pytest.approx(b.parts["sup"].item())  # same networks, same input
+    assert a.parts["fecl"].item() != pytest.approx(b.parts["fecl"].item())
+    with pytest.raises(InputError):
+        build_method("dycon", tiny_net, 2, {"hard_negatives": "sometimes"})

@@ -7,6 +7,7 @@ formula and tensor shapes.
 from __future__ import annotations
 
 from .fecl import FeCLLoss, fecl
+from .fecl_compat import hard_negative_threshold, threshold_hard_negative_loss
 from .patch_labels import block_labels, block_mean, cap_anchors, teacher_block_labels
 from .schedules import dycon_beta
 from .supervised import SupervisedLoss
@@ -24,4 +25,6 @@ __all__ = [
     "block_mean",
     "cap_anchors",
     "voxel_entropy",
+    "hard_negative_threshold",
+    "threshold_hard_negative_loss",
 ]

@@ -25,7 +25,9 @@ from ..losses import (
     cap_anchors,
     dycon_beta,
     fecl,
+    hard_negative_threshold,
     teacher_block_labels,
+    threshold_hard_negative_loss,
     uncl,
 )
 from ..training.ema import ema_decay, ema_update, make_teacher
@@ -44,6 +46,9 @@ class DyCON(Method):
         beta_max, beta_min, beta_lambda: beta(t) = max(beta_min, beta_max exp(-lambda t/T));
             lambda None -> ln(beta_max / beta_min). beta_fixed: a constant beta (ablation).
         tau, gamma, top_k: FeCL temperature, focal exponent, teacher hard negatives (D2).
+        hard_negatives: "topk" (paper, D2: K teacher negatives in FeCL's denominator) or
+            "threshold" (released code: top_k off, plus a separate -ln(1 - c) penalty on student-
+            teacher pairs of different labels above a rising cosine threshold; see losses/fecl_compat).
         max_anchors: anchors per sample (class-balanced cap; memory is O(N^2)).
         pseudo_label_confidence: an unlabelled block takes part in FeCL only where the teacher's
             mean max probability is at least this (D1).
@@ -64,6 +69,7 @@ class DyCON(Method):
         "tau": 0.6,
         "gamma": 2.0,
         "top_k": 64,
+        "hard_negatives": "topk",
         "max_anchors": 2048,
         "pseudo_label_confidence": 0.8,
         "fecl_streams": "both",
@@ -76,6 +82,13 @@ class DyCON(Method):
 
     def __init__(self, build_network, num_classes, options):
         super().__init__(build_network, num_classes, options)
+        if self.options["hard_negatives"] not in ("topk", "threshold"):
+            from ..errors import InputError
+
+            raise InputError(
+                f"dycon option hard_negatives='{self.options['hard_negatives']}' is not valid.",
+                "Use topk (paper) or threshold (released code).",
+            )
         if self.options["fecl_streams"] not in ("both", "labelled", "unlabelled"):
             from ..errors import InputError
 
@@ -117,7 +130,7 @@ class DyCON(Method):
             s32, t32 = s_logits.float(), t_logits.float()
             beta = self.beta(ctx.progress)
             l_uncl = uncl(s32, t32, beta)
-            streams = self.fecl_parts(s32, t32, s_emb.float(), t_emb.float(), batch.y_l, n_l)
+            streams = self.fecl_parts(s32, t32, s_emb.float(), t_emb.float(), batch.y_l, n_l, ctx.progress)
             fecl_l, fecl_u = (None if v is None else v[0] for v in streams)
             l_fecl = pooled_mean([v for v in streams if v is not None], s32)
             loss = sup + o["eta"] * (l_uncl + l_fecl)
@@ -132,7 +145,7 @@ class DyCON(Method):
                 parts["mse"] = mse.detach()
         return StepOutput(loss, parts)
 
-    def fecl_parts(self, s_logits, t_logits, s_emb, t_emb, y_l, n_l):
+    def fecl_parts(self, s_logits, t_logits, s_emb, t_emb, y_l, n_l, progress=0.0):
         """(FeCL, anchor count) on the labelled and on the unlabelled patches; ``None`` for a stream that is off."""
         o = self.options
         z = F.normalize(s_emb.flatten(2).transpose(1, 2), dim=-1)  # (B, N, D)
@@ -149,7 +162,13 @@ class DyCON(Method):
                 out.append(None)
                 continue
             anchors = cap_anchors(labels, o["max_anchors"], self._generator(labels.device))
-            value = fecl(z[rows], anchors, z_t[rows], labels, entropy[rows], o["tau"], o["gamma"], o["top_k"])
+            compat = o["hard_negatives"] == "threshold"
+            top_k = 0 if compat else o["top_k"]
+            value = fecl(z[rows], anchors, z_t[rows], labels, entropy[rows], o["tau"], o["gamma"], top_k)
+            if compat:
+                value = value + threshold_hard_negative_loss(
+                    z[rows], anchors, z_t[rows], labels, hard_negative_threshold(progress)
+                )
             out.append((value, anchors_with_positive(anchors, self.num_classes)))
         return out[0], out[1]
 
