@@ -63,9 +63,14 @@ class EventWriter:
             self.pending.append(line)
         if self.progress_bar:
             self._show(record)
-        else:
-            self.stream.write(line + "\n")
-            self.stream.flush()
+        elif self.stream is not None:
+            try:
+                self.stream.write(line + "\n")
+                self.stream.flush()
+            except (BrokenPipeError, ValueError, OSError):
+                # The reader went away (e.g. Slicer closed): keep training, events.jsonl still has them.
+                self.stream = None
+                log("stdout is closed; events continue in events.jsonl only")
         return record
 
     def _show(self, record: dict) -> None:
