@@ -275,3 +275,34 @@ def test_predict_with_mc_dropout_writes_mutual_information_on_the_image_grid(tin
     assert regions["meta"]["case_order"] == ["case0"]
     rc = main(["predict", "--run", str(run), "--cases", "nope"])
     assert rc == 2
+
+
+def test_out_of_memory_retries_smaller_without_losing_the_schedule(tiny_workspace, monkeypatch):
+    from semisupseg.events import EventWriter
+    from semisupseg.training import trainer as trainer_module
+    import io
+
+    real_step = trainer_module.Trainer.step
+    failures = {"left": 3}
+
+    def flaky_step(self):
+        if failures["left"]:
+            failures["left"] -= 1
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_step(self)
+
+    monkeypatch.setattr(trainer_module.Trainer, "step", flaky_step)
+    sink = EventWriter(stream=io.StringIO(), progress_bar=False)
+    cfg = write_config(tiny_workspace.parent, predict_cases="none", patch_size=[48, 48, 32])
+    state = trainer_module.train_workspace(tiny_workspace, cfg, {"iterations": 2}, "oom", False, sink)
+    sink.close()
+    assert state == "finished"
+    run = tiny_workspace / "runs" / "oom"
+    events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+    notices = [e for e in events if e["event"] == "notice"]
+    # unlabelled batch 2 -> 1, then labelled 2 -> 1, then the largest patch axis shrinks by 16
+    assert [(n["batch_labelled"], n["batch_unlabelled"], n["patch_size"]) for n in notices] == [
+        (2, 1, [48, 48, 32]), (1, 1, [48, 48, 32]), (1, 1, [32, 48, 32])]
+    assert [e["iteration"] for e in events if e["event"] == "progress"] == [1, 2]
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["batch_labelled"] == 1 and saved["patch_size"] == [32, 48, 32]

@@ -246,7 +246,11 @@ class Trainer:
                 if self.cancel.is_set():
                     self.save()
                     return "cancelled"
-                parts = self.step()
+                try:
+                    parts = self.step()
+                except torch.cuda.OutOfMemoryError:
+                    self.shrink_after_out_of_memory()
+                    continue
                 it = self.iteration
                 if parts is not None and (it % cfg["log_every"] == 0 or it == self.total or it == start_iteration + 1):
                     now = time.perf_counter()
@@ -280,6 +284,40 @@ class Trainer:
             return "finished"
         finally:
             self.cancel.uninstall()
+
+    def shrink_after_out_of_memory(self) -> None:
+        """Retry smaller instead of failing: unlabelled batch, then labelled batch, then patch.
+
+        The step that ran out of memory is not counted (no optimiser step happened), so the
+        schedule is unchanged. The new sizes are written to config.json so a resume uses them.
+        """
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        cfg = self.config
+        if cfg["batch_unlabelled"] > 1:
+            cfg["batch_unlabelled"] //= 2
+        elif cfg["batch_labelled"] > 1:
+            cfg["batch_labelled"] //= 2
+        else:
+            patch = list(cfg["patch_size"])
+            largest = max(range(3), key=lambda axis: patch[axis])
+            if patch[largest] <= 32:
+                raise InputError(
+                    "Out of GPU memory even with one labelled patch of the smallest size.",
+                    "Use --device cpu, a narrower network (network_options.widths) or a larger GPU.",
+                )
+            patch[largest] -= 16
+            cfg["patch_size"] = patch
+            self.sampler = self._build_sampler()
+        save_json_atomic(cfg, self.run_dir / "config.json")
+        self.events.emit(
+            "notice",
+            message="out of GPU memory: retrying with a smaller batch or patch",
+            batch_labelled=cfg["batch_labelled"],
+            batch_unlabelled=cfg["batch_unlabelled"],
+            patch_size=cfg["patch_size"],
+        )
 
     def _prediction_due(self, it: int) -> bool:
         cfg = self.config
