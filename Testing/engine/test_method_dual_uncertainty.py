@@ -27,41 +27,16 @@ from semisupseg.methods.dual_uncertainty import DualUncertainty, logits_and_deco
 from semisupseg.networks import build_network
 from semisupseg.networks.resnet_vnet import BasicBlock3d, ResNetVNet
 
+from method_test_helpers import bf16_cpu_step, random_batch, sphere_dice_before_and_after_training, tiny_unet
+
 LN3 = math.log(3.0)
 TINY_DUAL = {"resnet_base_width": 4, "resnet_blocks": [1, 1, 1, 1]}
-
-
-def tiny_unet(widths=(4, 8, 16, 32, 64)) -> nn.Module:
-    return build_network("unet3d", in_channels=1, num_classes=2, widths=widths)
-
-
-def small_vnet() -> nn.Module:
-    """A V-Net with BatchNorm, the paper's network and the trainer's bf16 path's hardest case."""
-    return build_network("vnet", in_channels=1, num_classes=2, n_filters=4, normalization="batch")
 
 
 def binary_probs(foreground) -> torch.Tensor:
     """(1, 2, N) probabilities from a list of foreground probabilities."""
     p = torch.tensor(foreground, dtype=torch.float32)
     return torch.stack([1 - p, p])[None]
-
-
-def random_batch(n_l=2, n_u=2, size=(32, 32, 16), seed=0) -> Batch:
-    gen = torch.Generator().manual_seed(seed)
-    return Batch(
-        x_l=torch.randn(n_l, 1, *size, generator=gen),
-        y_l=(torch.rand(n_l, *size, generator=gen) > 0.7).long(),
-        x_u=torch.randn(n_u, 1, *size, generator=gen),
-    )
-
-
-@pytest.fixture
-def one_thread():
-    """Tiny 3D convolutions run several times faster on one thread than on two shared cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 # ---------------------------------------------------------------- L1: mutual correction
@@ -388,11 +363,7 @@ def test_as_released_trains_only_l1_l3_l4(one_thread):
 
 def test_step_under_bf16_autocast_gives_an_fp32_loss(one_thread):
     # the trainer runs the step under bf16 autocast on a GPU; the same dtype mix on the CPU
-    torch.manual_seed(0)
-    method = build_method("dual_uncertainty", small_vnet, 2, {**TINY_DUAL, "prototype_sample_fraction": 1.0})
-    method.train()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = method.training_step(random_batch(n_l=1, n_u=1), StepContext(10, 100, torch.bfloat16))
+    out = bf16_cpu_step("dual_uncertainty", {**TINY_DUAL, "prototype_sample_fraction": 1.0})
     assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
     assert all(torch.isfinite(v) for v in out.parts.values())
     out.loss.backward()
@@ -407,7 +378,7 @@ def test_step_without_unlabelled_patches(one_thread):
 def test_three_classes(one_thread):
     torch.manual_seed(0)
     method = build_method(
-        "dual_uncertainty", lambda: build_network("unet3d", 1, 3, widths=(4, 8, 16, 32, 64)), 3,
+        "dual_uncertainty", lambda: tiny_unet(num_classes=3), 3,
         {**TINY_DUAL, "prototype_sample_fraction": 1.0},
     )
     batch = random_batch(n_l=1, n_u=1)
@@ -420,49 +391,9 @@ def test_three_classes(one_thread):
 # ---------------------------------------------------------------- it learns
 
 
-def sphere_volumes(n, gen, size=(32, 16, 16)):
-    """n images (n, 1, *size): a bright ball (radius 3.5-5 voxels) in Gaussian noise, and its labels."""
-    grid = torch.stack(torch.meshgrid(*[torch.arange(s, dtype=torch.float32) for s in size], indexing="ij"))
-    images, labels = [], []
-    for _ in range(n):
-        centre = torch.tensor([10.0, 6.0, 6.0]) + torch.rand(3, generator=gen) * torch.tensor([12.0, 4.0, 4.0])
-        radius = 3.5 + 1.5 * float(torch.rand(1, generator=gen))
-        mask = ((grid - centre[:, None, None, None]) ** 2).sum(0) <= radius**2
-        images.append(mask.float() + 0.4 * torch.randn(size, generator=gen))
-        labels.append(mask.long())
-    return torch.stack(images)[:, None], torch.stack(labels)
-
-
-def ensemble_dice(method, images, labels) -> float:
-    """Foreground Dice of the argmax of the inference networks' mean softmax (eval mode)."""
-    method.eval()
-    with torch.no_grad():
-        probs = torch.stack([net(images).softmax(1) for net in method.inference_networks()]).mean(0)
-    method.train()
-    pred = probs.argmax(1) == 1
-    truth = labels == 1
-    return 2.0 * float((pred & truth).sum()) / float(pred.sum() + truth.sum())
-
-
 @pytest.mark.slow
 def test_dual_uncertainty_learns_a_sphere(one_thread):
-    torch.manual_seed(0)
-    gen = torch.Generator().manual_seed(0)
-    x_l, y_l = sphere_volumes(4, gen)
-    x_u, _ = sphere_volumes(8, gen)
-    x_test, y_test = sphere_volumes(4, gen)
     # 10 % of the uncertain voxels instead of 1 %: tiny patches would otherwise draw none
-    method = build_method("dual_uncertainty", tiny_unet, 2, {**TINY_DUAL, "prototype_sample_fraction": 0.1})
-    optimiser = torch.optim.SGD(method.trainable_parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
-    untrained = ensemble_dice(method, x_test, y_test)
-    iterations = 60
-    for it in range(iterations):
-        i, j = torch.randint(0, 4, (1,), generator=gen), torch.randint(0, 8, (1,), generator=gen)
-        ctx = StepContext(it, iterations)
-        out = method.training_step(Batch(x_l[i], y_l[i], x_u[j]), ctx)
-        optimiser.zero_grad()
-        out.loss.backward()
-        optimiser.step()
-        method.after_optimizer_step(ctx)
-    trained = ensemble_dice(method, x_test, y_test)
+    options = {**TINY_DUAL, "prototype_sample_fraction": 0.1}
+    untrained, trained = sphere_dice_before_and_after_training("dual_uncertainty", options)
     assert trained > 0.6 and trained > untrained + 0.3, (untrained, trained)

@@ -12,15 +12,10 @@ from semisupseg.errors import InputError
 from semisupseg.losses import fecl
 from semisupseg.methods import METHODS, Batch, StepContext, build_method
 from semisupseg.methods.dycon import anchors_with_positive, pooled_mean
-from semisupseg.networks import build_network
 from semisupseg.training.ema import ema_decay, ema_update, make_teacher
 from semisupseg.training.schedules import learning_rate, sigmoid_rampup
 
-TINY_WIDTHS = (4, 8, 16, 32, 64)
-
-
-def tiny_net():
-    return build_network("unet3d", in_channels=1, num_classes=2, widths=TINY_WIDTHS)
+from method_test_helpers import tiny_unet
 
 
 def tiny_batch(n_l=2, n_u=2, size=(32, 32, 16), seed=0):
@@ -79,7 +74,7 @@ def test_anchor_count():
 @pytest.mark.parametrize("name", ["supervised", "mean_teacher", "dycon"])
 def test_step_gives_finite_loss_and_trains_only_the_student(name):
     torch.manual_seed(0)
-    method = build_method(name, tiny_net, 2, {})
+    method = build_method(name, tiny_unet, 2, {})
     out = method.training_step(tiny_batch(), StepContext(0, 10))
     assert torch.isfinite(out.loss)
     out.loss.backward()
@@ -93,7 +88,7 @@ def test_step_gives_finite_loss_and_trains_only_the_student(name):
 
 def test_dycon_loss_is_sup_plus_eta_times_uncl_plus_fecl():
     torch.manual_seed(0)
-    method = build_method("dycon", tiny_net, 2, {"eta": 0.25})
+    method = build_method("dycon", tiny_unet, 2, {"eta": 0.25})
     out = method.training_step(tiny_batch(), StepContext(5, 10))
     p = out.parts
     assert out.loss.item() == pytest.approx((p["sup"] + 0.25 * (p["uncl"] + p["fecl"])).item(), rel=1e-5)
@@ -102,7 +97,7 @@ def test_dycon_loss_is_sup_plus_eta_times_uncl_plus_fecl():
 
 def test_dycon_teacher_follows_student_after_step():
     torch.manual_seed(0)
-    method = build_method("dycon", tiny_net, 2, {})
+    method = build_method("dycon", tiny_unet, 2, {})
     opt = torch.optim.SGD(method.trainable_parameters(), lr=0.1)
     ctx = StepContext(0, 10)
     out = method.training_step(tiny_batch(), ctx)
@@ -116,9 +111,9 @@ def test_dycon_teacher_follows_student_after_step():
 
 def test_unknown_method_option_is_an_input_error():
     with pytest.raises(InputError, match="tau_typo"):
-        build_method("dycon", tiny_net, 2, {"tau_typo": 1})
+        build_method("dycon", tiny_unet, 2, {"tau_typo": 1})
     with pytest.raises(InputError):
-        build_method("dycon", tiny_net, 2, {"fecl_streams": "sometimes"})
+        build_method("dycon", tiny_unet, 2, {"fecl_streams": "sometimes"})
     assert {"supervised", "mean_teacher", "dycon"} <= set(METHODS)
 
 
@@ -137,9 +132,9 @@ def test_teacher_of_a_compiled_student_is_its_own_network():
 
 def test_dycon_threshold_hard_negatives_option_runs_and_differs():
     torch.manual_seed(0)
-    paper = build_method("dycon", tiny_net, 2, {})
+    paper = build_method("dycon", tiny_unet, 2, {})
     torch.manual_seed(0)
-    released = build_method("dycon", tiny_net, 2, {"hard_negatives": "threshold"})
+    released = build_method("dycon", tiny_unet, 2, {"hard_negatives": "threshold"})
     batch = tiny_batch()
     torch.manual_seed(1)
     a = paper.training_step(batch, StepContext(0, 10))
@@ -149,4 +144,4 @@ def test_dycon_threshold_hard_negatives_option_runs_and_differs():
     assert a.parts["sup"].item() == pytest.approx(b.parts["sup"].item())  # same networks, same input
     assert a.parts["fecl"].item() != pytest.approx(b.parts["fecl"].item())
     with pytest.raises(InputError):
-        build_method("dycon", tiny_net, 2, {"hard_negatives": "sometimes"})
+        build_method("dycon", tiny_unet, 2, {"hard_negatives": "sometimes"})

@@ -3,12 +3,14 @@
 A method owns its networks (student, teacher, second network...), computes the loss of one
 training step from a labelled and an unlabelled batch, and says which networks predict.
 The trainer owns everything else: data, optimiser, schedules, autocast, checkpoints, events.
+The module-level ``*_problems`` helpers check option values; ``raise_option_problems`` reports
+them all in one ``InputError``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -96,3 +98,36 @@ class Method(nn.Module):
     def inference_networks(self) -> List[nn.Module]:
         """Networks whose softmax outputs are averaged for predictions and uncertainty maps."""
         return [getattr(self, "teacher", self.student)]
+
+
+def number_problems(options: dict, limits: Dict[str, Tuple[float, Optional[float], bool]]) -> List[str]:
+    """Problems of numeric options: ``limits[key] = (low, high, integer)``, low <= v <= high (if given)."""
+    problems = []
+    for key, (low, high, integer) in limits.items():
+        value = options[key]
+        kind = int if integer else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kind):
+            problems.append(f"{key} must be {'an integer' if integer else 'a number'}, got {value!r}")
+        elif value < low or (high is not None and value > high):
+            problems.append(f"{key} must be in [{low}, {high if high is not None else 'inf'}], got {value}")
+    return problems
+
+
+def choice_problems(options: dict, choices: Dict[str, Sequence]) -> List[str]:
+    """Problems of options restricted to a few values: ``choices[key]`` lists the valid ones."""
+    return [f"{key} must be one of {valid}, got {options[key]!r}" for key, valid in choices.items()
+            if options[key] not in valid]
+
+
+def flag_problems(options: dict, keys: Iterable[str]) -> List[str]:
+    """Problems of options that must be booleans (JSON true / false)."""
+    return [f"{key} must be true or false, got {options[key]!r}" for key in keys if not isinstance(options[key], bool)]
+
+
+def raise_option_problems(method: str, problems: List[str]) -> None:
+    """Raise one ``InputError`` listing every invalid option value of ``method``, if any."""
+    from ..errors import InputError
+
+    if problems:
+        raise InputError(f"Invalid option value(s) for method '{method}': " + "; ".join(problems) + ".",
+                         "Fix method_options in the run configuration (see `semisupseg methods`).")

@@ -39,9 +39,17 @@ from ..losses.region_terms import (
 )
 from ..training.ema import ema_decay, ema_update, make_teacher
 from ..training.schedules import sigmoid_rampup
-from .base import Batch, Method, StepContext, StepOutput
+from .base import (
+    Batch,
+    Method,
+    StepContext,
+    StepOutput,
+    choice_problems,
+    flag_problems,
+    number_problems,
+    raise_option_problems,
+)
 from .teacher_input import teacher_noise
-from .uamt import number_problems, raise_option_problems
 
 LABELLED_WEIGHTINGS = ("mask", "soft")
 
@@ -108,12 +116,8 @@ class BidirectionalRegion(Method):
         problems += number_problems(o, {key: (0.0, None, False) for key in (
             "noise_std", "noise_clip", "threshold_ramp", "high_uncertainty_weight", "unlabelled_weight",
             "unlabelled_ramp")})
-        if o["threshold_mode"] not in THRESHOLD_MODES:
-            problems.append(f"threshold_mode must be one of {THRESHOLD_MODES}, got {o['threshold_mode']!r}")
-        if o["labelled_weighting"] not in LABELLED_WEIGHTINGS:
-            problems.append(f"labelled_weighting must be one of {LABELLED_WEIGHTINGS}, got {o['labelled_weighting']!r}")
-        if not isinstance(o["unlabelled_dice"], bool):
-            problems.append(f"unlabelled_dice must be true or false, got {o['unlabelled_dice']!r}")
+        problems += choice_problems(o, {"threshold_mode": THRESHOLD_MODES, "labelled_weighting": LABELLED_WEIGHTINGS})
+        problems += flag_problems(o, ["unlabelled_dice"])
         raise_option_problems(self.name, problems)
 
     def low_threshold(self, progress: float) -> float:

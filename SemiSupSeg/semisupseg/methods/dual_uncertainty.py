@@ -58,8 +58,7 @@ from ..losses.dual_uncertainty_terms import (
 )
 from ..networks.resnet_vnet import ResNetVNet
 from ..training.schedules import sigmoid_rampup
-from .base import Batch, Method, StepContext, StepOutput
-from .uamt import number_problems, raise_option_problems
+from .base import Batch, Method, StepContext, StepOutput, flag_problems, number_problems, raise_option_problems
 
 
 def logits_and_decoder_features(network: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -174,9 +173,7 @@ class DualUncertainty(Method):
         if not (isinstance(blocks, (list, tuple)) and len(blocks) == 4
                 and all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in blocks)):
             problems.append(f"resnet_blocks must be 4 integers >= 1, got {blocks!r}")
-        for key in ("cps_scale_by_kept_fraction", "as_released"):
-            if not isinstance(o[key], bool):
-                problems.append(f"{key} must be true or false, got {o[key]!r}")
+        problems += flag_problems(o, ["cps_scale_by_kept_fraction", "as_released"])
         raise_option_problems(self.name, problems)
 
     def trainable_parameters(self) -> List[nn.Parameter]:

@@ -28,38 +28,16 @@ released, where the EMA model stays in train mode).
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from ..errors import InputError
 from ..losses import SupervisedLoss
 from ..training.ema import ema_decay, ema_update, make_teacher
 from ..training.schedules import sigmoid_rampup
-from .base import Batch, Method, StepContext, StepOutput
+from .base import Batch, Method, StepContext, StepOutput, choice_problems, number_problems, raise_option_problems
 from .teacher_input import teacher_noise
 
 CONSISTENCY_REGIONS = ("unlabelled", "all")
-
-
-def number_problems(options: dict, limits: Dict[str, Tuple[float, Optional[float], bool]]) -> List[str]:
-    """Problems of numeric options: ``limits[key] = (low, high, integer)``, low <= v <= high (if given)."""
-    problems = []
-    for key, (low, high, integer) in limits.items():
-        value = options[key]
-        kind = int if integer else (int, float)
-        if isinstance(value, bool) or not isinstance(value, kind):
-            problems.append(f"{key} must be {'an integer' if integer else 'a number'}, got {value!r}")
-        elif value < low or (high is not None and value > high):
-            problems.append(f"{key} must be in [{low}, {high if high is not None else 'inf'}], got {value}")
-    return problems
-
-
-def raise_option_problems(method: str, problems: List[str]) -> None:
-    """Raise one ``InputError`` listing every invalid option value of ``method``, if any."""
-    if problems:
-        raise InputError(f"Invalid option value(s) for method '{method}': " + "; ".join(problems) + ".",
-                         "Fix method_options in the run configuration (see `semisupseg methods`).")
 
 
 @torch.no_grad()
@@ -156,8 +134,7 @@ class UAMT(Method):
         problems += number_problems(o, {key: (0.0, None, False) for key in (
             "consistency", "consistency_ramp", "threshold_start", "threshold_end", "threshold_ramp",
             "supervised_weight", "noise_std", "noise_clip")})
-        if o["consistency_on"] not in CONSISTENCY_REGIONS:
-            problems.append(f"consistency_on must be one of {CONSISTENCY_REGIONS}, got {o['consistency_on']!r}")
+        problems += choice_problems(o, {"consistency_on": CONSISTENCY_REGIONS})
         raise_option_problems(self.name, problems)
 
     def training_step(self, batch: Batch, ctx: StepContext) -> StepOutput:
