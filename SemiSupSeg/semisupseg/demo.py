@@ -19,7 +19,7 @@ from .events import log
 # iterations fit in minutes on a 2-core machine. The full-width network is the GPU default.
 SYNTHETIC_CONFIG = {
     "method": "dycon",
-    "iterations": 300,
+    "iterations": 200,
     "network_options": {"widths": [8, 16, 32, 64, 128]},
     "patch_size": [64, 64, 32],
     "batch_labelled": 2,
@@ -42,7 +42,7 @@ def add_demo_parser(sub) -> None:
     p = sub.add_parser("demo", help="synthetic (or given) data -> DyCON training -> maps -> overview PNG")
     p.add_argument("--data", type=Path, help="dataset folder (default: generate synthetic data)")
     p.add_argument("--out", type=Path, default=Path("demo_output"), help="output folder (default: demo_output)")
-    p.add_argument("--iterations", type=int, help="training iterations (default 300)")
+    p.add_argument("--iterations", type=int, help="training iterations (default 200)")
     p.add_argument("--method", default="dycon", help="training method (default dycon)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
 
@@ -105,11 +105,11 @@ def summarise(workspace: Path, run_dir: Path, truth_dir, out: Path) -> dict:
     if truth_dir is not None and truth_dir.is_dir():
         result = evaluate_folders(run_dir / "predictions", truth_dir)
         held = {c.id for c in split.held_out}
-        per_case = result["cases"]
-        summary["mean_all_predicted"] = result["mean"]
-        summary["held_out_dice"] = {
-            case: values for case, values in per_case.items() if case in held
-        }
+        dice = {case: {cls: round(m["dice"], 4) for cls, m in values.items()} for case, values in result["cases"].items()}
+        held_dice = [d for case, values in dice.items() if case in held for d in values.values()]
+        summary["held_out_dice"] = {case: values for case, values in dice.items() if case in held}
+        if held_dice:
+            summary["held_out_mean_dice"] = round(sum(held_dice) / len(held_dice), 4)
         save_json_atomic(result, out / "evaluation.json")
         summary["evaluation_json"] = str(out / "evaluation.json")
     png = out / "overview.png"
