@@ -48,7 +48,9 @@ DEFAULTS: Dict[str, Any] = {
     "sw_overlap": 0.5,
     "sw_batch_size": 2,
     "mc_dropout": 0,  # K > 0: also write the mutual-information map
-    "regions": {"threshold": 0.5, "min_volume_mm3": 20.0, "max_regions": 50, "boundary_weight": 2.0},
+    # Region threshold: at least `threshold`, and raised so that at most `max_fraction` of the
+    # volume is above it (an early, uncertain model would otherwise give one region = everything).
+    "regions": {"threshold": 0.5, "max_fraction": 0.02, "min_volume_mm3": 20.0, "max_regions": 50, "boundary_weight": 2.0},
     # Which cases play which role. Numbers are 1-based positions in dataset.json order.
     "split": {
         "labelled": None,  # N: only the first N labelled cases keep their labels (LA protocol)

@@ -182,3 +182,16 @@ def test_read_regions_json_errors(tmp_path):
     (tmp_path / "regions.json").write_text('{"format": 1}')
     with pytest.raises(InputError, match="no 'cases'"):
         read_regions_json(tmp_path / "regions.json")
+
+
+def test_region_threshold_adapts_to_an_uncertain_map():
+    from semisupseg.inference.predictor import region_threshold
+
+    cfg = {"threshold": 0.5, "max_fraction": 0.02}
+    confident = np.zeros((50, 40, 10), np.float32)
+    confident[:5, :4, :] = 0.9  # 1 % of the volume is uncertain: the fixed threshold applies
+    assert region_threshold(confident, cfg) == 0.5
+    uncertain = np.linspace(0.6, 1.0, 20000, dtype=np.float32).reshape(50, 40, 10)  # everything > 0.5
+    t = region_threshold(uncertain, cfg)
+    assert (uncertain > t).mean() == pytest.approx(0.02, abs=0.001)
+    assert region_threshold(uncertain, {"threshold": 0.5, "max_fraction": 1.0}) == 0.5

@@ -91,7 +91,7 @@ def predict_cases(
                 entropy,
                 labelmap,
                 prepared.reference,
-                threshold=region_cfg["threshold"],
+                threshold=region_threshold(entropy, region_cfg),
                 min_volume_mm3=region_cfg["min_volume_mm3"],
                 max_regions=region_cfg["max_regions"],
                 boundary_weight=region_cfg["boundary_weight"],
@@ -116,6 +116,20 @@ def predict_cases(
     write_regions_json(path, regions, meta)
     events.emit("regions", path=str(path), round=round_name)
     return scores
+
+
+def region_threshold(uncertainty: np.ndarray, region_cfg: dict) -> float:
+    """max(threshold, the (1 - max_fraction) quantile of the map): regions stay local.
+
+    A well-trained model is uncertain on a thin shell around the structure, well under
+    ``max_fraction`` of the volume, so the fixed threshold applies; an early model is uncertain
+    almost everywhere, and the quantile then keeps the most uncertain voxels only.
+    """
+    fraction = float(region_cfg.get("max_fraction", 1.0))
+    base = float(region_cfg["threshold"])
+    if fraction >= 1.0:
+        return base
+    return max(base, float(np.quantile(uncertainty, 1.0 - fraction)))
 
 
 def write_case_maps(run_dir: Path, prepared, labelmap: np.ndarray, entropy: np.ndarray, mutual_info) -> dict:
