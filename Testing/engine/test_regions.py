@@ -184,14 +184,28 @@ def test_read_regions_json_errors(tmp_path):
         read_regions_json(tmp_path / "regions.json")
 
 
-def test_region_threshold_adapts_to_an_uncertain_map():
-    from semisupseg.inference.predictor import region_threshold
+def test_region_thresholds_adapt_to_an_uncertain_map():
+    from semisupseg.inference.predictor import region_thresholds
 
     cfg = {"threshold": 0.5, "max_fraction": 0.02}
     confident = np.zeros((50, 40, 10), np.float32)
-    confident[:5, :4, :] = 0.9  # 1 % of the volume is uncertain: the fixed threshold applies
-    assert region_threshold(confident, cfg) == 0.5
+    confident[:5, :4, :] = 0.9  # 1 % of the volume is uncertain: the fixed threshold applies at once
+    assert region_thresholds(confident, cfg) == [0.5]
     uncertain = np.linspace(0.6, 1.0, 20000, dtype=np.float32).reshape(50, 40, 10)  # everything > 0.5
-    t = region_threshold(uncertain, cfg)
-    assert (uncertain > t).mean() == pytest.approx(0.02, abs=0.001)
-    assert region_threshold(uncertain, {"threshold": 0.5, "max_fraction": 1.0}) == 0.5
+    thresholds = region_thresholds(uncertain, cfg)
+    shares = [(uncertain > t).mean() for t in thresholds]
+    assert shares[:3] == pytest.approx([0.02, 0.04, 0.08], abs=0.001)
+    assert thresholds == sorted(thresholds, reverse=True) and thresholds[-1] == 0.5
+    assert region_thresholds(uncertain, {"threshold": 0.5, "max_fraction": 1.0}) == [0.5]
+
+
+def test_uncertain_regions_fall_back_until_a_region_is_found():
+    from semisupseg.inference.predictor import uncertain_regions
+
+    reference = sitk.Image([20, 20, 20], sitk.sitkUInt8)
+    u = np.full((20, 20, 20), 0.6, np.float32)
+    u[::4, ::4, ::4] = 0.99  # the top 2 % are isolated specks: too small to be regions
+    labels = np.zeros(u.shape, np.uint8)
+    cfg = {"threshold": 0.5, "max_fraction": 0.02, "min_volume_mm3": 20.0, "max_regions": 5, "boundary_weight": 2.0}
+    regions = uncertain_regions(u, labels, reference, cfg)
+    assert regions and regions[0]["threshold"] < 0.99

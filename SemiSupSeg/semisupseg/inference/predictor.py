@@ -87,15 +87,7 @@ def predict_cases(
             outputs = write_case_maps(run_dir, prepared, labelmap, entropy, mutual_info)
             score = float(case_score(entropy, labelmap, num_classes))
             scores[prepared.id] = score
-            regions[prepared.id] = find_uncertain_regions(
-                entropy,
-                labelmap,
-                prepared.reference,
-                threshold=region_threshold(entropy, region_cfg),
-                min_volume_mm3=region_cfg["min_volume_mm3"],
-                max_regions=region_cfg["max_regions"],
-                boundary_weight=region_cfg["boundary_weight"],
-            )
+            regions[prepared.id] = uncertain_regions(entropy, labelmap, prepared.reference, region_cfg)
             events.emit(
                 "prediction",
                 case=prepared.id,
@@ -118,18 +110,43 @@ def predict_cases(
     return scores
 
 
-def region_threshold(uncertainty: np.ndarray, region_cfg: dict) -> float:
-    """max(threshold, the (1 - max_fraction) quantile of the map): regions stay local.
+def region_thresholds(uncertainty: np.ndarray, region_cfg: dict) -> list:
+    """Thresholds to try, strictest first: quantiles keeping max_fraction, 2x, 4x ... of the
+    volume above them, never below ``threshold``, and finally ``threshold`` itself.
 
     A well-trained model is uncertain on a thin shell around the structure, well under
-    ``max_fraction`` of the volume, so the fixed threshold applies; an early model is uncertain
-    almost everywhere, and the quantile then keeps the most uncertain voxels only.
+    ``max_fraction`` of the volume, so the fixed threshold applies at once; an early model is
+    uncertain almost everywhere, and a quantile then keeps regions local instead of one region
+    covering the whole volume.
     """
-    fraction = float(region_cfg.get("max_fraction", 1.0))
     base = float(region_cfg["threshold"])
-    if fraction >= 1.0:
-        return base
-    return max(base, float(np.quantile(uncertainty, 1.0 - fraction)))
+    fraction = float(region_cfg.get("max_fraction", 1.0))
+    thresholds = []
+    while fraction < 1.0:
+        thresholds.append(max(base, float(np.quantile(uncertainty, 1.0 - fraction))))
+        fraction *= 2
+    thresholds.append(base)
+    return list(dict.fromkeys(thresholds))  # in order, without repeats
+
+
+def uncertain_regions(uncertainty: np.ndarray, labelmap: np.ndarray, reference, region_cfg: dict) -> list:
+    """Ranked regions at the strictest threshold that yields any (see ``region_thresholds``)."""
+    regions = []
+    for threshold in region_thresholds(uncertainty, region_cfg):
+        regions = find_uncertain_regions(
+            uncertainty,
+            labelmap,
+            reference,
+            threshold=threshold,
+            min_volume_mm3=region_cfg["min_volume_mm3"],
+            max_regions=region_cfg["max_regions"],
+            boundary_weight=region_cfg["boundary_weight"],
+        )
+        if regions:
+            for region in regions:
+                region["threshold"] = round(threshold, 6)
+            break
+    return regions
 
 
 def write_case_maps(run_dir: Path, prepared, labelmap: np.ndarray, entropy: np.ndarray, mutual_info) -> dict:
