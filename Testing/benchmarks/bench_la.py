@@ -1,0 +1,215 @@
+"""LA2018 benchmark: supervised vs mean teacher vs DyCON on the development protocol.
+
+Protocol (../shared/datasets/LA2018/README.md, "la-dev"): labelled = the first N cases of
+dataset.json (N = 4 or 8), unlabelled = cases 9-64, held out = cases 65-80 (16 volumes, never
+trained on). Each method trains with ``semisupseg train`` (a subprocess, the real CLI) and
+predicts every case with its final networks (the teacher for mean teacher and DyCON: no
+best-checkpoint selection). Predictions are scored with ``evaluation.metrics.evaluate_folders``
+against labelsTr on
+  - held_out:     cases 65-80 (generalisation),
+  - transductive: cases 9-64, the unlabelled cases themselves (what an annotator receives).
+
+Settings:
+  - CPU scale (default): 1.25 mm grid, U-Net widths 8-128, patch 64x64x48, batch 2+2, a modest
+    number of iterations (--iterations). Figures are for the CPU-scale models only.
+  - --gpu-full: the literature-comparable setting: original 0.625 mm grid, full-width U-Net
+    (16-256), patch 112x112x80, batch 4+4, 6000 iterations, plus one V-Net DyCON row.
+
+Runs go to .bench/la/workspace/runs/<run-id>; a finished run is reused (--retrain to redo it).
+Skips (one JSON "skipped" record) when the LA2018 folder is absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_common as bc  # noqa: E402
+
+BENCHMARK = "la"
+CPU_SETTING = {
+    "name": "cpu",
+    "target_spacing": [1.25, 1.25, 1.25],
+    "network": "unet3d",
+    "network_options": {"widths": [8, 16, 32, 64, 128]},
+    "patch_size": [64, 64, 48],
+    "batch_labelled": 2,
+    "batch_unlabelled": 2,
+    "iterations": 100,
+}
+GPU_FULL_SETTING = {
+    "name": "gpufull",
+    "target_spacing": None,
+    "network": "unet3d",
+    "network_options": {},
+    "patch_size": [112, 112, 80],
+    "batch_labelled": 4,
+    "batch_unlabelled": 4,
+    "iterations": 6000,
+}
+HELD_OUT = (65, 80)
+UNLABELLED = (9, 64)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--methods", default="supervised,mean_teacher,dycon", help="comma-separated method names")
+    p.add_argument("--labelled", default="8", help="labelled case counts, comma-separated (e.g. 8 or 4,8)")
+    p.add_argument("--iterations", type=int, help="training iterations (CPU default 100, --gpu-full 6000)")
+    p.add_argument("--gpu-full", action="store_true", help="literature-comparable full-resolution setting (GPU)")
+    p.add_argument("--no-vnet", action="store_true", help="with --gpu-full: skip the V-Net DyCON row")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--threads", type=int, help="OMP_NUM_THREADS for training (default: one per core); "
+                   "1 is about twice as fast on a 2-core machine shared with other jobs")
+    p.add_argument("--retrain", action="store_true", help="train again even if a finished run exists")
+    p.add_argument("--quick", action="store_true", help="smoke test: 4 iterations, DyCON only")
+    return p.parse_args(argv)
+
+
+def run_config(setting: dict, method: str, labelled: int, iterations: int, device: str, seed: int) -> dict:
+    return {
+        "method": method,
+        "network": setting["network"],
+        "network_options": setting["network_options"],
+        "iterations": iterations,
+        "device": device,
+        "seed": seed,
+        "patch_size": setting["patch_size"],
+        "batch_labelled": setting["batch_labelled"],
+        "batch_unlabelled": setting["batch_unlabelled"] if method != "supervised" else 0,
+        "target_spacing": setting["target_spacing"],
+        "split": {"labelled": labelled, "unlabelled": f"{UNLABELLED[0]}-{UNLABELLED[1]}",
+                  "held_out": f"{HELD_OUT[0]}-{HELD_OUT[1]}"},
+        "predict_cases": "all",
+        "checkpoint_every": 1000,
+        "log_every": 10,
+    }
+
+
+def run_id_for(setting: dict, method: str, network: str, labelled: int, iterations: int) -> str:
+    net = "" if network == "unet3d" else f"-{network}"
+    return f"{setting['name']}-l{labelled}-{method}{net}-it{iterations}"
+
+
+def case_ids(workspace: Path, first: int, last: int) -> list:
+    """Case ids at 1-based positions first..last of dataset.json (the protocol's numbering)."""
+    from semisupseg.data.dataset import load_dataset
+
+    cases = load_dataset(workspace).cases
+    return [c.id for c in cases[first - 1 : last]]
+
+
+def evaluate_subset(run_dir: Path, truth_dir: Path, ids: list) -> dict:
+    """evaluate_folders on the run's predictions of ``ids`` only (symlinked into a temp folder)."""
+    from semisupseg.evaluation.metrics import evaluate_folders
+
+    with tempfile.TemporaryDirectory(dir=bc.BENCH_DIR) as tmp:
+        missing = []
+        for case in ids:
+            source = run_dir / "predictions" / f"{case}.nii.gz"
+            if source.exists():
+                os.symlink(source, Path(tmp) / source.name)
+            else:
+                missing.append(case)
+        if missing:
+            raise RuntimeError(f"{run_dir.name}: no prediction for {len(missing)} cases, e.g. {missing[:3]}")
+        return evaluate_folders(tmp, truth_dir, classes=[1])
+
+
+def metric_figures(result: dict) -> dict:
+    import numpy as np
+
+    mean = result["mean"]["1"]
+    dices = [c["1"]["dice"] for c in result["cases"].values()]
+    return {
+        "dice": round(mean["dice"], 4),
+        "dice_sd": round(float(np.std(dices)), 4),
+        "iou": round(mean["iou"], 4),
+        "hd95_mm": round(mean["hd95_mm"], 2),
+        "asd_mm": round(mean["asd_mm"], 2),
+        "cases": len(dices),
+    }
+
+
+def train_and_score(workspace, truth_dir, setting, method, network, labelled, iterations, args, device) -> None:
+    config = run_config(setting, method, labelled, iterations, args.device, args.seed)
+    config["network"] = network
+    if network != "unet3d":
+        config["network_options"] = {}
+    run_id = run_id_for(setting, method, network, labelled, iterations)
+    run_dir = workspace / "runs" / run_id
+    if run_dir.exists() and (args.retrain or not bc.run_finished(run_dir)):
+        shutil.rmtree(run_dir)
+    if not run_dir.exists():
+        code, _events, wall = bc.train_subprocess(workspace, config, run_id, threads=args.threads)
+        if code != 0:
+            raise RuntimeError(f"semisupseg train exited with {code} for {run_id}")
+    events = bc.run_events(run_dir)
+    finished = [e for e in events if e.get("event") == "finished"][-1]
+    started = [e for e in events if e.get("event") == "started"][0]
+    progress = [e for e in events if e.get("event") == "progress"]
+    final_preds = [e for e in events if e.get("event") == "prediction" and e.get("round") == "final"]
+    it_per_s = [p["it_per_s"] for p in progress[1:]] or [p["it_per_s"] for p in progress]
+    timing = {
+        "iterations": iterations,
+        "run_seconds": round(float(finished["seconds"]), 1),
+        "it_per_s": round(float(sorted(it_per_s)[len(it_per_s) // 2]), 4) if it_per_s else None,
+        "predict_s_per_case": round(sum(e["seconds"] for e in final_preds) / max(len(final_preds), 1), 2),
+    }
+    common = {
+        "method": method,
+        "network": network,
+        "labelled": labelled,
+        "setting": setting["name"],
+        "patch": "x".join(map(str, config["patch_size"])),
+        "spacing_mm": config["target_spacing"][0] if config["target_spacing"] else "native 0.625",
+        "widths": "-".join(map(str, config["network_options"].get("widths", [16, 256])))
+        if network == "unet3d" else "default",
+        "run": run_id,
+        "patch_batch": f"{config['batch_labelled']}+{config['batch_unlabelled']}",
+        "threads": args.threads or "default",
+    }
+    for group, (first, last) in (("held_out", HELD_OUT), ("transductive", UNLABELLED)):
+        ids = case_ids(workspace, first, last)
+        result = evaluate_subset(run_dir, truth_dir, ids)
+        figures = metric_figures(result)
+        key = f"{setting['name']}|{group}|l{labelled}|{method}|{network}|it{iterations}"
+        bc.emit(bc.record(BENCHMARK, f"{setting['name']}_{group}", key, device,
+                          group=f"{group} ({first}-{last})", **common, **figures, **timing))
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    device = bc.resolve_device(args.device)
+    root = bc.la_root()
+    if root is None:
+        bc.log("LA2018 not found (../shared/datasets/LA2018 or $SEMISUPSEG_LA2018): skipped")
+        bc.emit(bc.record(BENCHMARK, "status", "skipped", device, status="skipped: LA2018 folder absent"))
+        return 0
+    setting = dict(GPU_FULL_SETTING if args.gpu_full else CPU_SETTING)
+    iterations = args.iterations or setting["iterations"]
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if args.quick:
+        iterations, methods = 4, ["dycon"]
+    if args.gpu_full and device == "cpu":
+        bc.log("--gpu-full on a CPU-only machine: this would take days; refusing")
+        bc.emit(bc.record(BENCHMARK, "status", "gpufull-skipped", device, status="skipped: --gpu-full needs a GPU"))
+        return 0
+    workspace = bc.la_workspace(root)
+    truth_dir = root / "labelsTr"
+    for labelled in [int(v) for v in args.labelled.split(",")]:
+        for method in methods:
+            train_and_score(workspace, truth_dir, setting, method, "unet3d", labelled, iterations, args, device)
+        if args.gpu_full and not args.no_vnet and not args.quick:
+            train_and_score(workspace, truth_dir, setting, "dycon", "vnet", labelled, iterations, args, device)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

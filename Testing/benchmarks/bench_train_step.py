@@ -1,0 +1,416 @@
+"""One training step: iterations/s and peak memory, DyCON vs mean teacher, and optimisation ratios.
+
+What is timed is the engine's own step, ``Trainer.step`` (patch sampling and augmentation from
+device-resident volumes, autocast, ``method.training_step``, backward, gradient clipping, SGD,
+the EMA teacher update), on a Trainer whose data are synthetic volumes made here (no files).
+Warm-up iterations are excluded. Every setting runs in a fresh subprocess, so the CPU peak
+memory (``ru_maxrss``) belongs to that setting alone; on a GPU the peak is
+``torch.cuda.max_memory_allocated``.
+
+Settings:
+  (a) LA: unet3d full width (16-256), 4+4 patches of 112x112x80, amp auto (bf16) - GPU only.
+  (b) CPU: unet3d full width, 1+1 patches of 96x96x64, fp32.
+DyCON and mean teacher run with the same settings in the same invocation; the ratio is reported.
+
+Optimisations (ratios against the DyCON baseline of the same invocation):
+  amp bf16 autocast (losses stay fp32)  - config ``amp``
+  channels_last_3d                       - config ``channels_last``
+  torch.compile                          - config ``compile`` (reported as not implemented when the
+                                           trainer ignores it; never faked)
+  fused EMA (torch._foreach_lerp_, the engine's ``ema_update``) vs a per-parameter loop written here
+  FeCL anchor cap (max_anchors 2048 vs an unbounded cap, and 512)
+  volumes kept on the device vs kept on the CPU and copied each step (GPU only)
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_common as bc  # noqa: E402
+
+BENCHMARK = "train_step"
+FULL_WIDTHS = [16, 32, 64, 128, 256]
+VOLUME_SIZE = (176, 144, 96)  # LA-like (x, y, z), larger than either patch
+UNBOUNDED = 10**9
+
+
+# =========================================================================== worker (one setting)
+def synthetic_cases(n_labelled: int, n_unlabelled: int, size, seed: int = 0):
+    """PreparedCase objects from the synthetic generator (z-scored), cached as .npz in .bench."""
+    import numpy as np
+    from semisupseg.data.preprocess import PreparedCase
+    from semisupseg.data.synthetic import synthesize_case
+
+    cache = bc.BENCH_DIR / "train_step"
+    cache.mkdir(parents=True, exist_ok=True)
+    cases = []
+    for i in range(n_labelled + n_unlabelled):
+        path = cache / f"case{i}_{'x'.join(map(str, size))}.npz"
+        if path.exists():
+            data = np.load(path)
+            image, label = data["image"], data["label"]
+        else:
+            case = synthesize_case(i, seed, size=size, spacing=(0.625, 0.625, 0.625))
+            image = case.image.astype(np.float32)
+            image = (image - image.mean()) / (image.std() + 1e-6)
+            label = case.label.astype(np.uint8)
+            np.savez(path, image=image, label=label)
+        cases.append(PreparedCase(id=f"case{i}", image=image, label=label if i < n_labelled else None,
+                                  reference=None, spacing=(0.625, 0.625, 0.625)))
+    return cases[:n_labelled], cases[n_labelled:]
+
+
+def make_trainer(spec: dict):
+    """A Trainer with the engine's step() but synthetic in-memory data instead of a workspace."""
+    import torch
+    from semisupseg.config import DEFAULTS
+    from semisupseg.data.sampling import PatchSampler
+    from semisupseg.events import EventWriter
+    from semisupseg.training.trainer import Trainer
+
+    device = torch.device(spec["device"])
+    trainer = Trainer.__new__(Trainer)  # skip __init__ (it reads a workspace); set what step() uses
+    trainer.config = {
+        **DEFAULTS,
+        "method": spec["method"],
+        "method_options": spec.get("method_options", {}),
+        "network": "unet3d",
+        "network_options": {"widths": spec["widths"]},
+        "batch_labelled": spec["n_l"],
+        "batch_unlabelled": spec["n_u"],
+        "patch_size": spec["patch"],
+        "amp": spec["amp"],
+        "channels_last": spec["channels_last"],
+        "compile": spec.get("compile", False),
+        "device": str(device),
+    }
+    trainer.device = device
+    trainer.num_classes = 2
+    trainer.events = EventWriter(stream=io.StringIO(), progress_bar=False)
+    trainer.method = trainer._build_method()
+    opt = trainer.config["optimizer"]
+    trainer.optimizer = torch.optim.SGD(trainer.method.trainable_parameters(), lr=opt["lr"],
+                                        momentum=opt["momentum"], weight_decay=opt["weight_decay"])
+    labelled, unlabelled = synthetic_cases(max(spec["n_l"], 1), max(spec["n_u"], 1), tuple(spec["volume"]))
+    sampler_cls = PatchSampler
+    if spec.get("storage") == "cpu":
+        class HostSampler(PatchSampler):  # the engine's fallback when volumes do not fit the GPU
+            def _choose_storage(self, cases):
+                return torch.device("cpu")
+        sampler_cls = HostSampler
+    trainer.sampler = sampler_cls(labelled, unlabelled if spec["method"] != "supervised" else [],
+                                  tuple(spec["patch"]), device, seed=0)
+    trainer.iteration, trainer.total, trainer.skipped_steps = 0, spec["warmup"] + spec["iterations"], 0
+    if spec.get("compile_experiment"):
+        for net in (trainer.method.student, getattr(trainer.method, "teacher", None)):
+            if net is not None:
+                net.forward_features = torch.compile(net.forward_features)
+    return trainer
+
+
+def sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def measure_step(spec: dict) -> dict:
+    import torch
+
+    torch.manual_seed(0)
+    trainer = make_trainer(spec)
+    device = spec["device"]
+    load_before = bc.load_average()
+    rss_before = bc.current_rss_mb()  # model, optimiser and volumes in place, no step yet
+    for _ in range(spec["warmup"]):
+        trainer.step()
+    sync(device)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    wall, cpu = [], []
+    for _ in range(spec["iterations"]):
+        t0, c0 = time.perf_counter(), time.process_time()
+        parts = trainer.step()
+        sync(device)
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+        if parts is None:
+            raise RuntimeError("a measured step was skipped (non-finite loss)")
+    wall.sort(), cpu.sort()
+    out = {
+        "s_per_it": wall[len(wall) // 2],
+        "cpu_s_per_it": cpu[len(cpu) // 2],
+        "s_per_it_min": wall[0],
+        "load_avg": [load_before, bc.load_average()],
+        "threads": torch.get_num_threads(),
+    }
+    if device.startswith("cuda"):
+        out["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        out["peak_rss_mb"] = bc.peak_rss_mb()
+        out["step_rss_delta_mb"] = max(bc.peak_rss_mb() - rss_before, 0.0)
+    return out
+
+
+def profile_step(spec: dict) -> dict:
+    """torch.profiler over one step after warm-up: the operators with the most self time."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.manual_seed(0)
+    trainer = make_trainer(spec)
+    for _ in range(spec["warmup"]):
+        trainer.step()
+    sync(spec["device"])
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if spec["device"].startswith("cuda") else [])
+    with profile(activities=activities) as prof:
+        trainer.step()
+        sync(spec["device"])
+    on_gpu = spec["device"].startswith("cuda")
+    attr = "self_device_time_total" if on_gpu else "self_cpu_time_total"
+    events = [e for e in prof.key_averages() if getattr(e, attr, 0) > 0]
+    total = sum(getattr(e, attr) for e in events) or 1.0
+    events.sort(key=lambda e: getattr(e, attr), reverse=True)
+    return {"clock": "GPU kernel time" if on_gpu else "CPU self time", "total_ms": total / 1000.0,
+            "ops": [{"op": e.key, "ms": getattr(e, attr) / 1000.0, "share": getattr(e, attr) / total, "calls": e.count}
+                    for e in events[:8]]}
+
+
+def measure_ema(spec: dict) -> dict:
+    """Engine EMA (one fused _foreach_lerp_) vs a per-parameter Python loop, ms per update."""
+    import torch
+    from semisupseg.networks import build_network
+    from semisupseg.training.ema import ema_update, make_teacher
+
+    device = torch.device(spec["device"])
+    student = build_network("unet3d", 1, 2, widths=spec["widths"]).to(device)
+    teacher = make_teacher(student)
+
+    @torch.no_grad()
+    def loop_ema(t_net, s_net, alpha):
+        for t, s in zip(t_net.parameters(), s_net.parameters()):
+            t.mul_(alpha).add_(s.detach(), alpha=1.0 - alpha)
+        for t_buf, s_buf in zip(t_net.buffers(), s_net.buffers()):
+            t_buf.copy_(s_buf)
+
+    timings = {}
+    for name, fn in (("fused", ema_update), ("loop", loop_ema), ("fused_again", ema_update), ("loop_again", loop_ema)):
+        for _ in range(5):
+            fn(teacher, student, 0.99)
+        sync(spec["device"])
+        t0 = time.perf_counter()
+        for _ in range(spec["repeats"]):
+            fn(teacher, student, 0.99)
+        sync(spec["device"])
+        timings[name] = (time.perf_counter() - t0) / spec["repeats"] * 1000.0
+    fused = min(timings["fused"], timings["fused_again"])
+    loop = min(timings["loop"], timings["loop_again"])
+    return {"fused_ms": fused, "loop_ms": loop, "parameters": sum(1 for _ in student.parameters())}
+
+
+def worker(spec: dict) -> int:
+    import torch
+
+    if spec.get("threads"):
+        torch.set_num_threads(int(spec["threads"]))
+    kinds = {"ema": measure_ema, "profile": profile_step}
+    result = kinds.get(spec.get("kind"), measure_step)(spec)
+    print("WORKER " + json.dumps(result), flush=True)
+    return 0
+
+
+# =========================================================================== orchestration
+def run_worker(spec: dict) -> dict:
+    bc.log(f"setting {spec['label']}")
+    env = dict(os.environ, **spec.get("env", {}))
+    limit = spec.get("timeout_s")
+    try:
+        process = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)],
+                                 stdout=subprocess.PIPE, text=True, env=env, timeout=limit)
+    except subprocess.TimeoutExpired:
+        steps = spec.get("warmup", 0) + spec.get("iterations", 0)
+        return {"error": f"stopped after {limit} s without finishing {steps} steps (> {limit / max(steps, 1):.0f} s per step)"}
+    for line in process.stdout.splitlines():
+        if line.startswith("WORKER "):
+            return json.loads(line[len("WORKER "):])
+    return {"error": f"worker exited with {process.returncode}"}
+
+
+def trainer_compiles() -> bool:
+    """Whether the engine's trainer ever calls torch.compile (the config key alone does nothing)."""
+    from semisupseg.training import trainer
+
+    return "torch.compile" in inspect.getsource(trainer)
+
+
+def base_settings(device: str, quick: bool) -> dict:
+    on_gpu = device.startswith("cuda")
+    if quick:
+        return {"name": "quick", "device": device, "widths": [4, 8, 16, 32, 64], "patch": [32, 32, 32],
+                "n_l": 1, "n_u": 1, "amp": "auto", "channels_last": False, "volume": [64, 64, 48],
+                "warmup": 1, "iterations": 2}
+    if on_gpu:
+        return {"name": "(a) LA 4+4 112x112x80", "device": device, "widths": FULL_WIDTHS, "patch": [112, 112, 80],
+                "n_l": 4, "n_u": 4, "amp": "auto", "channels_last": False, "volume": list(VOLUME_SIZE),
+                "warmup": 5, "iterations": 20}
+    return {"name": "(b) CPU 1+1 96x96x64", "device": device, "widths": FULL_WIDTHS, "patch": [96, 96, 64],
+            "n_l": 1, "n_u": 1, "amp": "auto", "channels_last": False, "volume": list(VOLUME_SIZE),
+            "warmup": 2, "iterations": 3}
+
+
+def figures(result: dict) -> dict:
+    if "error" in result:
+        return {"status": result["error"]}
+    out = {"it_per_s": round(1.0 / result["s_per_it"], 4), "s_per_it": round(result["s_per_it"], 3),
+           "cpu_s_per_it": round(result["cpu_s_per_it"], 3)}
+    for key in ("peak_mem_mb", "peak_rss_mb", "step_rss_delta_mb"):
+        if key in result:
+            out[key] = round(result[key], 1)
+    out["threads"] = result.get("threads")
+    out["load_avg"] = result.get("load_avg")
+    return out
+
+
+def ratio(a, b, key):
+    try:
+        return round(a[key] / b[key], 3)
+    except (KeyError, TypeError, ZeroDivisionError):
+        return None
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quick", action="store_true", help="tiny network and patch (smoke test)")
+    p.add_argument("--skip-optimisations", action="store_true")
+    p.add_argument("--only-profile", action="store_true", help="only the torch.profiler table of one DyCON step")
+    p.add_argument("--threads", type=int, help="torch intra-op threads for every setting (default: torch's)")
+    p.add_argument("--timeout", type=float, default=1800.0, help="seconds one setting may take (default 1800)")
+    args = p.parse_args(argv)
+    if args.worker:
+        return worker(json.loads(args.worker))
+    device = bc.resolve_device(args.device)
+    on_gpu = device.startswith("cuda")
+    base = base_settings(device, args.quick)
+    base["timeout_s"] = args.timeout
+    if args.threads:
+        base["threads"] = args.threads
+        base["name"] += f", {args.threads} thread(s)"
+    setting = base["name"]
+    common = {"setting": setting, "patch": "x".join(map(str, base["patch"])), "batch": f"{base['n_l']}+{base['n_u']}",
+              "widths": "-".join(map(str, base["widths"])), "warmup": base["warmup"], "measured": base["iterations"]}
+    if args.only_profile:
+        emit_profile(base, setting, device)
+        return 0
+    if not on_gpu and not args.quick:
+        bc.emit(bc.record(BENCHMARK, "step", "(a) LA 4+4 112x112x80", device, setting="(a) LA 4+4 112x112x80",
+                          status="GPU only: not run on this CPU-only machine (figures owed)"))
+
+    # ---- DyCON vs mean teacher, same settings ------------------------------------------------
+    results = {}
+    for method in ("dycon", "mean_teacher"):
+        results[method] = run_worker({**base, "method": method, "label": f"{setting} {method}"})
+        bc.emit(bc.record(BENCHMARK, "step", f"{setting}|{method}", device, method=method, amp=base["amp"],
+                          **common, **figures(results[method])))
+    d, m = results["dycon"], results["mean_teacher"]
+    mem_key = "peak_mem_mb" if on_gpu else "step_rss_delta_mb"
+    bc.emit(bc.record(BENCHMARK, "step", f"{setting}|ratio", device, method="dycon / mean_teacher",
+                      **common, time_ratio=ratio(d, m, "s_per_it"), cpu_time_ratio=ratio(d, m, "cpu_s_per_it"),
+                      mem_ratio=ratio(d, m, mem_key)))
+    if args.skip_optimisations:
+        return 0
+
+    # ---- optimisations, each against the DyCON baseline above ------------------------------
+    def optimisation(name, variant_spec, note, baseline=d, applies=True):
+        key = f"{setting}|{name}"
+        if not applies:
+            bc.emit(bc.record(BENCHMARK, "optimisations", key, device, optimisation=name, setting=setting, status=note))
+            return
+        result = run_worker({**base, "method": "dycon", "label": f"{setting} {name}", **variant_spec})
+        fig = figures(result)
+        bc.emit(bc.record(BENCHMARK, "optimisations", key, device, optimisation=name, setting=setting,
+                          time_vs_baseline=ratio(result, baseline, "s_per_it"),
+                          cpu_time_vs_baseline=ratio(result, baseline, "cpu_s_per_it"),
+                          mem_vs_baseline=ratio(result, baseline, mem_key),
+                          s_per_it=fig.get("s_per_it"), status=fig.get("status", "measured"), note=note))
+
+    if on_gpu:
+        optimisation("amp off (fp32) vs bf16 baseline", {"amp": "off"},
+                     "ratio > 1: fp32 is slower than the bf16 autocast baseline (losses are fp32 in both)")
+    else:
+        optimisation("amp bf16 (config amp=bf16)", {"amp": "bf16"},
+                     "CPU bf16 autocast; baseline is fp32 (amp auto = off on CPU)")
+    optimisation("channels_last_3d (config channels_last)", {"channels_last": True}, "model and batch in channels_last_3d")
+    if trainer_compiles():
+        optimisation("torch.compile (config compile)", {"compile": True, "warmup": base["warmup"] + 3},
+                     "compile time excluded (warm-up)")
+    else:
+        bc.emit(bc.record(BENCHMARK, "optimisations", f"{setting}|compile", device,
+                          optimisation="torch.compile (config compile)", setting=setting,
+                          status="not implemented: config key 'compile' exists but Trainer never calls torch.compile"))
+        if on_gpu and not args.quick:
+            optimisation("torch.compile experiment (benchmark-side)",
+                         {"compile_experiment": True, "warmup": base["warmup"] + 3},
+                         "forward_features of student and teacher wrapped in torch.compile by the benchmark, "
+                         "not the engine; compile time excluded (warm-up)")
+        else:
+            optimisation("torch.compile experiment (benchmark-side)", {}, applies=False,
+                         note="GPU only (an inductor compile of the 3D U-Net on 2 CPU cores outlasts the run)")
+    ema = run_worker({**base, "kind": "ema", "repeats": 50 if on_gpu else 10, "label": "EMA fused vs loop"})
+    if "error" not in ema:
+        step_ms = d.get("s_per_it", float("nan")) * 1000.0
+        bc.emit(bc.record(BENCHMARK, "optimisations", f"{setting}|ema", device,
+                          optimisation="fused EMA (_foreach_lerp_) vs per-parameter loop", setting=setting,
+                          fused_ms=round(ema["fused_ms"], 3), loop_ms=round(ema["loop_ms"], 3),
+                          time_vs_baseline=round(ema["fused_ms"] / ema["loop_ms"], 3),
+                          note=f"{ema['parameters']} parameter tensors; fused EMA is "
+                               f"{100 * ema['fused_ms'] / step_ms:.2f}% of a DyCON step", status="measured"))
+    optimisation("FeCL max_anchors unbounded vs 2048", {"method_options": {"max_anchors": UNBOUNDED}},
+                 _anchor_note(base, 2048))
+    optimisation("FeCL max_anchors 512 vs 2048", {"method_options": {"max_anchors": 512}}, _anchor_note(base, 512))
+    emit_profile(base, setting, device)
+    if not on_gpu and args.threads:
+        optimisation(f"default intra-op threads ({os.cpu_count()}) vs {args.threads}", {"threads": None},
+                     f"torch's default thread count instead of --threads {args.threads} (the baseline)")
+    elif not on_gpu:
+        optimisation("1 intra-op thread vs default", {"threads": 1},
+                     f"torch.set_num_threads(1) instead of {os.cpu_count()}: matters when other jobs share the cores")
+    if not on_gpu:
+        optimisation(f"default threads ({os.cpu_count()}) + OMP_WAIT_POLICY=PASSIVE", {"threads": None,
+                     "env": {"OMP_WAIT_POLICY": "PASSIVE"}},
+                     "OpenMP threads sleep instead of spinning at barriers (set before torch is imported)")
+    optimisation("volumes on CPU, copied each step vs on device", {"storage": "cpu"},
+                 "the sampler's fallback when volumes exceed half the free GPU memory" if on_gpu
+                 else "n/a on CPU (the device is the host)", applies=on_gpu)
+    return 0
+
+
+def emit_profile(base: dict, setting: str, device: str) -> None:
+    prof = run_worker({**base, "method": "dycon", "kind": "profile", "label": "profile one DyCON step"})
+    for rank, op in enumerate(prof.get("ops", []), start=1):
+        bc.emit(bc.record(BENCHMARK, "profile", f"{setting}|{rank}", device, setting=setting, rank=rank, op=op["op"],
+                          ms=round(op["ms"], 1), share=round(op["share"], 3), calls=op["calls"], clock=prof["clock"],
+                          step_total_ms=round(prof["total_ms"], 1)))
+
+
+def _anchor_note(base: dict, cap: int) -> str:
+    blocks = 1
+    for p in base["patch"]:
+        blocks *= p // 8
+    binds = "binds" if blocks > cap else "does not bind"
+    return f"{blocks} 8^3-blocks per sample: a cap of {cap} {binds} at this patch size"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

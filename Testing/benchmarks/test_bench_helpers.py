@@ -1,0 +1,77 @@
+"""Checks of the benchmark helpers: AUROC by ranks, box statistics, docs/benchmarks.md regeneration."""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_common as bc  # noqa: E402
+import run_benchmarks as rb  # noqa: E402
+
+
+def pairwise_auroc(scores, labels) -> float:
+    """Independent definition: share of (positive, negative) pairs ordered right, ties = 1/2."""
+    pos = [s for s, y in zip(scores, labels) if y]
+    neg = [s for s, y in zip(scores, labels) if not y]
+    wins = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p, n in itertools.product(pos, neg))
+    return wins / (len(pos) * len(neg))
+
+
+def test_auroc_hand_example():
+    # positives 0.8, 0.4; negatives 0.1, 0.4, 0.35. Pairs: (0.8 beats all 3) = 3,
+    # (0.4 beats 0.1 and 0.35, ties 0.4) = 2.5  -> 5.5 / 6
+    scores = [0.8, 0.1, 0.4, 0.4, 0.35]
+    labels = [1, 0, 1, 0, 0]
+    assert bc.auroc(scores, labels) == pytest.approx(5.5 / 6)
+
+
+def test_auroc_extremes_and_random_agree_with_pairs():
+    assert bc.auroc([0.9, 0.8, 0.1, 0.2], [1, 1, 0, 0]) == 1.0
+    assert bc.auroc([0.9, 0.8, 0.1, 0.2], [0, 0, 1, 1]) == 0.0
+    assert bc.auroc([0.5] * 6, [1, 0, 1, 0, 0, 1]) == 0.5
+    assert np.isnan(bc.auroc([0.1, 0.2], [0, 0]))
+    rng = np.random.default_rng(3)
+    scores = rng.integers(0, 6, 60) / 5.0  # many ties
+    labels = rng.random(60) < 0.3
+    assert bc.auroc(scores, labels) == pytest.approx(pairwise_auroc(scores, labels))
+
+
+def test_mid_ranks_share_ties():
+    np.testing.assert_allclose(bc.mid_ranks(np.array([3.0, 1.0, 3.0, 2.0])), [3.5, 1.0, 3.5, 2.0])
+
+
+def test_fraction_in_boxes_and_random_boxes():
+    mask = np.zeros((10, 10, 10), dtype=bool)
+    mask[0:2, 0:2, 0:2] = True  # 8 voxels
+    mask[9, 9, 9] = True  # 1 voxel
+    assert bc.fraction_in_boxes(mask, [([0, 0, 0], [1, 1, 0])]) == pytest.approx(4 / 9)
+    assert bc.fraction_in_boxes(mask, [([0, 0, 0], [1, 1, 1]), ([9, 9, 9], [9, 9, 9])]) == 1.0
+    boxes = [([2, 3, 4], [5, 3, 9]), ([0, 0, 0], [9, 9, 9])]
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        for (lo, hi), (rlo, rhi) in zip(boxes, bc.random_boxes_like(boxes, (10, 10, 10), rng)):
+            assert [b - a for a, b in zip(lo, hi)] == [b - a for a, b in zip(rlo, rhi)]
+            assert min(rlo) >= 0 and max(rhi) <= 9
+
+
+def test_regeneration_keeps_notes_and_other_machines_records(tmp_path, monkeypatch):
+    doc = tmp_path / "benchmarks.md"
+    monkeypatch.setattr(rb, "DOC", doc)
+    cpu = {"benchmark": "inference", "table": "per_volume", "key": "LA", "device_kind": "cpu", "machine": "cpu box",
+           "command": "c", "date": "d1", "total_s": 30.0}
+    rb.regenerate([cpu])
+    text = doc.read_text().replace("<!-- notes:general:start -->\n", "<!-- notes:general:start -->\nMy note.\n")
+    doc.write_text(text)
+    gpu = dict(cpu, device_kind="gpu", machine="H100", total_s=2.0)
+    newer_cpu = dict(cpu, date="d2", total_s=25.0)
+    rb.regenerate([gpu, newer_cpu])
+    text = doc.read_text()
+    assert "My note." in text
+    assert "| 25.00 |" in text and "| 30.00 |" not in text  # the newer CPU record replaced the old
+    assert "H100" in text and "(GPU)" in text  # the GPU record was added, not substituted
+    assert len(rb.records_in_doc(text)) == 2
