@@ -158,10 +158,7 @@ def resolve_config(config: dict, device, image_shapes: Sequence, spacings: Seque
 
 def save_json_atomic(data: Any, path: Path) -> None:
     """Write JSON to ``path`` through a temporary file and a rename."""
-    import os
+    from .atomic import atomic_output
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    os.replace(tmp, path)
+    with atomic_output(Path(path), suffix=".json") as tmp:
+        Path(tmp).write_text(json.dumps(data, indent=1, default=str))

@@ -9,13 +9,12 @@ directly (Agg canvas), so no pyplot state or display is involved.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from .atomic import atomic_output
 from .data.io import read_image, to_array
 from .errors import InputError
 
@@ -139,14 +138,6 @@ def _draw_outlines(ax, labels: np.ndarray, linestyle: str) -> list:
 
 def _save_atomic(figure, path: Path) -> Path:
     """Save ``figure`` as PNG through a temporary file in the same folder, then ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_output(path, suffix=".png") as tmp:
         figure.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
     return path

@@ -7,7 +7,6 @@ SimpleITK's own numpy view is (z, y, x), so every conversion transposes here and
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Tuple, Union
@@ -15,6 +14,7 @@ from typing import Tuple, Union
 import numpy as np
 import SimpleITK as sitk
 
+from ..atomic import atomic_output
 from ..errors import InputError
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -146,16 +146,8 @@ def write_image_atomic(img: sitk.Image, path: PathLike, compress: bool = True) -
     ext = image_extension(path.name)
     if ext.lower() in _DETACHED_HEADER_EXTENSIONS:
         raise ValueError(f"Cannot write {path} atomically: use a single-file format (.nii.gz, .nrrd, .mha).")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-", suffix=ext, dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_output(path, suffix=ext) as tmp_name:
         sitk.WriteImage(img, tmp_name, useCompression=compress)
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.remove(tmp_name)
-        raise
     return path
 
 
