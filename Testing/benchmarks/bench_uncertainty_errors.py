@@ -69,14 +69,19 @@ def region_masks(unc: np.ndarray, regions: list, threshold: float, k: int) -> li
     """The voxel masks of the top-k regions, cropped to their boxes: [(lo, mask (box-shaped bool))].
 
     regions.json keeps boxes, not masks; the components are recomputed exactly as the engine
-    finds them (u > threshold, 26-connected) and matched by box and voxel count.
+    finds them (u > the region's own ``threshold`` when it records one, else the configured one;
+    26-connected) and matched by box and voxel count.
     """
     from scipy import ndimage
 
-    components, _ = ndimage.label(unc > threshold, structure=np.ones((3, 3, 3), dtype=bool))
-    sizes = np.bincount(components.ravel())
+    labelled = {}  # threshold -> (components, sizes)
     out = []
     for region in sorted(regions, key=lambda r: r.get("rank", 0))[:k]:
+        t = float(region.get("threshold", threshold))
+        if t not in labelled:
+            components, _ = ndimage.label(unc > t, structure=np.ones((3, 3, 3), dtype=bool))
+            labelled[t] = (components, np.bincount(components.ravel()))
+        components, sizes = labelled[t]
         lo, hi = region["bbox_voxels"]["min"], region["bbox_voxels"]["max"]
         box = tuple(slice(a, b + 1) for a, b in zip(lo, hi))
         match = [int(lab) for lab in np.unique(components[box]) if lab > 0 and sizes[lab] == region["voxels"]]
@@ -129,6 +134,7 @@ def analyse_case(case_id, run_dir: Path, truth_dir: Path, regions: list, args, r
         out["errors_in_random_boxes"] = float(np.mean(
             [bc.fraction_in_boxes(errors, bc.random_boxes_like(boxes, errors.shape, rng)) for _ in range(args.draws)]))
         masks = region_masks(unc, regions, threshold, args.top)
+        out["region_threshold"] = float(regions[0].get("threshold", threshold)) if regions else threshold
         if masks:
             out["region_voxel_share"] = float(sum(m.sum() for _, m in masks) / errors.size)
             out["errors_in_top_region_voxels"] = errors_in_masks(errors, masks)
@@ -149,6 +155,9 @@ def main(argv=None) -> int:
     p.add_argument("--top", type=int, default=5, help="regions per case (default 5)")
     p.add_argument("--draws", type=int, default=20, help="random box placements per case (default 20)")
     p.add_argument("--pooled-voxels", type=int, default=250_000, help="voxels per case in the pooled AUROC")
+    p.add_argument("--repredict", action="store_true",
+                   help="first re-run `semisupseg predict` on the held-out cases (maps and regions.json from the "
+                        "current engine; regions.json then lists only those cases)")
     p.add_argument("--quick", action="store_true", help="3 held-out cases, 5 draws")
     args = p.parse_args(argv)
     if args.quick:
@@ -172,6 +181,12 @@ def main(argv=None) -> int:
     held = [c.id for c in split_cases(spec, config["split"]).held_out]
     if args.quick:
         held = held[:3]
+    if args.repredict:
+        import subprocess
+
+        command = bc.semisupseg_command() + ["predict", "--run", str(run_dir), "--cases", *held]
+        bc.log(f"re-predicting {len(held)} held-out cases of {run_dir.name}")
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     truth_dir = (root / "labelsTr") if root is not None else run_dir.parent.parent / "labelsTr"
     regions = json.loads((run_dir / "regions.json").read_text())
     rng = np.random.default_rng(0)

@@ -46,14 +46,15 @@ DATA_RE = re.compile(r"<!-- records\n(?P<body>.*?)\n-->", re.S)
 
 
 # --------------------------------------------------------------------------- running
-def run_benchmark(name: str, extra: List[str]) -> List[dict]:
+def run_benchmark(name: str, extra: List[str], quick: bool = False) -> List[dict]:
     """Run bench_<name>.py, echo its log, return its records (stdout JSON lines)."""
     script = HERE / f"bench_{name}.py"
     bc.log(f"=== {name}: {script.name} {' '.join(extra)}")
     process = subprocess.run([sys.executable, str(script), *extra], stdout=subprocess.PIPE, text=True)
     records = parse_lines(process.stdout)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    folder = RESULTS / "quick" if quick else RESULTS  # smoke-test figures never replace real ones
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     if process.returncode != 0:
         bc.log(f"{name} exited with {process.returncode}; its {len(records)} records are kept")
     return records
@@ -248,7 +249,7 @@ def main(argv=None) -> int:
         if unknown:
             p.error(f"unknown benchmark(s) {unknown}; choose from {BENCHMARKS}")
         for name in names:
-            new.extend(run_benchmark(name, (QUICK_ARGS[name] if args.quick else []) + extra))
+            new.extend(run_benchmark(name, (QUICK_ARGS[name] if args.quick else []) + extra, args.quick))
     if args.quick and not args.ingest:
         bc.log("--quick: figures are smoke-test sizes; docs/benchmarks.md is not updated")
         return 0
