@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Callable, Iterable, List, Optional, Sequence
 
 import numpy as np
 
@@ -278,7 +278,3 @@ def train_subprocess(
     code = process.wait()
     return code, events, time.perf_counter() - started
 
-
-def summarise(values: Sequence[float]) -> Dict[str, float]:
-    arr = np.asarray(list(values), dtype=np.float64)
-    return {"median": float(np.median(arr)), "mean": float(arr.mean()), "min": float(arr.min()), "n": int(arr.size)}
