@@ -1,4 +1,4 @@
-"""LA2018 benchmark: supervised vs mean teacher vs DyCON on the development protocol.
+"""LA2018 benchmark: every method (default: supervised, mean teacher, DyCON) on the development protocol.
 
 Protocol (../shared/datasets/LA2018/README.md, "la-dev"): labelled = the first N cases of
 dataset.json (N = 4 or 8), unlabelled = cases 9-64, held out = cases 65-80 (16 volumes, never

@@ -12,6 +12,12 @@ Settings:
   (b) CPU: unet3d full width, 1+1 patches of 96x96x64, fp32.
 DyCON and mean teacher run with the same settings in the same invocation; the ratio is reported.
 
+--methods: every method of the engine (or a comma-separated list) timed in one invocation at the
+setting the LA comparison trains with (bench_la.py: CPU U-Net widths 8-128, 2+2 patches of
+64x64x48; on a GPU the (a) setting), as ratios to DyCON's step: the "wall time per iteration"
+column of the method comparison, measured without the other jobs a long benchmark shares the
+machine with.
+
 Optimisations (ratios against the DyCON baseline of the same invocation):
   amp bf16 autocast (losses stay fp32)  - config ``amp``
   channels_last_3d                       - config ``channels_last``
@@ -268,6 +274,40 @@ def base_settings(device: str, quick: bool) -> dict:
             "warmup": 2, "iterations": 3}
 
 
+def la_comparison_settings(device: str) -> dict:
+    """The step bench_la.py trains with (CPU scale), or the (a) setting on a GPU."""
+    if device.startswith("cuda"):
+        return {**base_settings(device, False), "name": "LA comparison, GPU (a) setting"}
+    return {"name": "LA comparison, CPU scale 2+2 64x64x48", "device": device, "widths": [8, 16, 32, 64, 128],
+            "patch": [64, 64, 48], "n_l": 2, "n_u": 2, "amp": "auto", "channels_last": "auto",
+            "volume": list(VOLUME_SIZE), "warmup": 2, "iterations": 5}
+
+
+# Options bench_la.py gives a method at CPU scale (kept equal so the two benchmarks time the same step).
+CPU_METHOD_OPTIONS = {"dual_uncertainty": {"resnet_base_width": 8}}
+
+
+def emit_method_steps(base: dict, methods: list, device: str) -> None:
+    """One fresh subprocess per method at ``base``; s/it, peak memory and the ratio to DyCON."""
+    on_gpu = device.startswith("cuda")
+    mem_key = "peak_mem_mb" if on_gpu else "step_rss_delta_mb"
+    results = {}
+    for method in methods:
+        options = {} if on_gpu else CPU_METHOD_OPTIONS.get(method, {})
+        spec = {**base, "method": method, "method_options": options, "label": f"{base['name']} {method}"}
+        if method == "supervised":
+            spec["n_u"] = 0
+        results[method] = run_worker(spec)
+    reference = results.get("dycon", {})
+    for method, result in results.items():
+        bc.emit(bc.record(BENCHMARK, "methods", f"{base['name']}|{method}", device, setting=base["name"],
+                          method=method, batch=f"{base['n_l']}+{0 if method == 'supervised' else base['n_u']}",
+                          patch="x".join(map(str, base["patch"])), widths="-".join(map(str, base["widths"])),
+                          **figures(result), time_vs_dycon=ratio(result, reference, "s_per_it"),
+                          cpu_time_vs_dycon=ratio(result, reference, "cpu_s_per_it"),
+                          mem_vs_dycon=ratio(result, reference, mem_key)))
+
+
 def figures(result: dict) -> dict:
     if "error" in result:
         return {"status": result["error"]}
@@ -297,10 +337,16 @@ def main(argv=None) -> int:
     p.add_argument("--only-profile", action="store_true", help="only the torch.profiler table of one DyCON step")
     p.add_argument("--threads", type=int, help="torch intra-op threads for every setting (default: torch's)")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds one setting may take (default 1800)")
+    p.add_argument("--skip-methods", action="store_true", help="leave out the per-method step table")
+    p.add_argument("--methods", nargs="?", const="all", help="only the per-method step table at the LA comparison "
+                   "setting: 'all' (the default) or a comma-separated list of method names")
     args = p.parse_args(argv)
     if args.worker:
         return worker(json.loads(args.worker))
     device = bc.resolve_device(args.device)
+    if args.methods:
+        run_method_table(args, device)
+        return 0
     on_gpu = device.startswith("cuda")
     base = base_settings(device, args.quick)
     base["timeout_s"] = args.timeout
@@ -393,7 +439,22 @@ def main(argv=None) -> int:
     optimisation("volumes on CPU, copied each step vs on device", {"storage": "cpu"},
                  "the sampler's fallback when volumes exceed half the free GPU memory" if on_gpu
                  else "n/a on CPU (the device is the host)", applies=on_gpu)
+    if not args.skip_methods:
+        run_method_table(args, device)
     return 0
+
+
+def run_method_table(args, device: str) -> None:
+    from semisupseg.methods import METHODS
+
+    chosen = args.methods or "all"
+    names = list(METHODS) if chosen == "all" else [m.strip() for m in chosen.split(",") if m.strip()]
+    base = base_settings(device, True) if args.quick else la_comparison_settings(device)
+    base["timeout_s"] = args.timeout
+    if args.threads:
+        base["threads"] = args.threads
+        base["name"] += f", {args.threads} thread(s)"
+    emit_method_steps(base, names, device)
 
 
 def emit_profile(base: dict, setting: str, device: str) -> None:

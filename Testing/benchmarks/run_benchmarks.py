@@ -33,10 +33,10 @@ RESULTS = bc.BENCH_DIR / "results"
 # Order of the sections; each is Testing/benchmarks/bench_<name>.py.
 BENCHMARKS = ["train_step", "inference", "first_overlay", "la", "uncertainty_errors"]
 TITLES = {
-    "train_step": "Training step: iterations/s and peak memory, DyCON vs mean teacher, optimisations",
+    "train_step": "Training step: iterations/s and peak memory, DyCON vs mean teacher and every method, optimisations",
     "inference": "Inference: seconds per volume (probabilities + entropy, MC dropout)",
     "first_overlay": "Time to the first overlay (train start -> first prediction with entropy maps)",
-    "la": "LA2018 development protocol: supervised vs mean teacher vs DyCON",
+    "la": "LA2018 development protocol: supervised, mean teacher, DyCON and the companion methods",
     "uncertainty_errors": "Does the uncertainty map find the errors? (AUROC, top-5 regions vs random boxes)",
 }
 QUICK_ARGS = {name: ["--quick"] for name in BENCHMARKS}
