@@ -112,6 +112,8 @@ def settings(device: str, quick: bool, skip_large: bool) -> list:
                 dict(name="LA size, full-width U-Net", size=LA_SIZE, widths=FULL_WIDTHS, patch=patch, overlap=0.5, mc=0),
                 dict(name="large at half resolution (as trained on a 2x coarser grid)", size=HALF_LARGE_SIZE,
                      widths=CPU_WIDTHS, patch=patch, overlap=0.5, mc=0),
+                dict(name="large at half resolution, overlap 0.25", size=HALF_LARGE_SIZE,
+                     widths=CPU_WIDTHS, patch=patch, overlap=0.25, mc=0),
                 dict(name="large", size=LARGE_SIZE, widths=CPU_WIDTHS, patch=patch, overlap=0.5, mc=0)]
     if skip_large:
         rows = [r for r in rows if r["size"] != LARGE_SIZE]
@@ -126,6 +128,7 @@ def main(argv=None) -> int:
     p.add_argument("--skip-large", action="store_true", help="only the LA-sized volume")
     p.add_argument("--only-large", action="store_true", help="only the 512x512x300 volume")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's, one per core)")
+    p.add_argument("--rows", help="only the settings whose name contains this text (e.g. 'half resolution')")
     args = p.parse_args(argv)
     if args.worker:
         print("WORKER " + json.dumps(worker(json.loads(args.worker))), flush=True)
@@ -134,6 +137,8 @@ def main(argv=None) -> int:
     rows = settings(device, args.quick, args.skip_large)
     if args.only_large:
         rows = [r for r in rows if r["size"] == LARGE_SIZE]
+    if args.rows:
+        rows = [r for r in rows if args.rows in r["name"]]
     for row in rows:
         spec = {**row, "device": device, "sw_batch": 2, "label": row["name"], "threads": args.threads}
         result = run_worker(spec)
@@ -152,7 +157,7 @@ def main(argv=None) -> int:
             setting=row["name"], volume="x".join(map(str, row["size"])), widths="-".join(map(str, row["widths"])),
             window="x".join(map(str, row["patch"])), overlap=row["overlap"], mc_samples=row["mc"],
             windows=windows(row["size"], row["patch"], row["overlap"]), **figures))
-    if not device.startswith("cuda") and not args.quick:
+    if not device.startswith("cuda") and not args.quick and not args.rows:
         bc.emit(bc.record(BENCHMARK, "per_volume", "large, MC K=8|cpu-skip", device, setting="large, MC K=8",
                           volume="x".join(map(str, LARGE_SIZE)), status="not run on CPU: about K x the plain "
                           "large-volume time; measured on the LA size instead"))
