@@ -22,6 +22,7 @@ Skips (one JSON "skipped" record) when the LA2018 folder is absent.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -142,6 +143,54 @@ def metric_figures(result: dict) -> dict:
     }
 
 
+def paired_difference(ours: dict, theirs: dict) -> dict:
+    """Paired comparison of per-case Dice {case: dice} on the cases both hold.
+
+    mean_diff = mean(ours - theirs); ci95 = mean_diff -/+ t(0.975, n-1) * sd(diff, ddof=1) / sqrt(n)
+    (Student's t interval of the mean paired difference); wins = cases where ours is higher.
+    Paired, because case difficulty varies far more (Dice SD ~0.1) than methods do.
+    """
+    import numpy as np
+    from scipy import stats
+
+    cases = sorted(set(ours) & set(theirs))
+    diff = np.array([ours[c] - theirs[c] for c in cases], dtype=np.float64)
+    n = diff.size
+    mean = float(diff.mean()) if n else float("nan")
+    half = float(stats.t.ppf(0.975, n - 1) * diff.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
+    return {"mean_diff": mean, "ci95_low": mean - half, "ci95_high": mean + half,
+            "wins": int((diff > 0).sum()), "cases": n}
+
+
+def case_scores_path(run_id: str, group: str) -> Path:
+    return bc.BENCH_DIR / "la" / "case_dice" / f"{run_id}-{group}.json"
+
+
+def emit_paired(setting: dict, runs: list, device: str) -> None:
+    """Each method against supervised-only and DyCON against mean teacher, per labelled count and group.
+
+    ``runs``: (method, network, labelled, iterations, run_id) of this invocation.
+    """
+    import json
+
+    baselines = [("supervised", None), ("mean_teacher", "dycon")]
+    for group in ("held_out", "transductive"):
+        for method, network, labelled, iterations, run_id in runs:
+            for baseline, only in baselines:
+                if method == baseline or (only and method != only):
+                    continue
+                base_id = run_id_for(setting, baseline, "unet3d", labelled, iterations)
+                ours, theirs = case_scores_path(run_id, group), case_scores_path(base_id, group)
+                if not (ours.exists() and theirs.exists()):
+                    continue
+                figures = paired_difference(json.loads(ours.read_text()), json.loads(theirs.read_text()))
+                key = f"{setting['name']}|paired|{group}|l{labelled}|{method}|{network}|vs {baseline}|it{iterations}"
+                bc.emit(bc.record(BENCHMARK, f"{setting['name']}_paired_dice", key, device, group=group,
+                                  labelled=labelled, method=method, network=network, versus=baseline,
+                                  iterations=iterations, **{k: round(v, 4) if isinstance(v, float) else v
+                                                            for k, v in figures.items()}))
+
+
 def train_and_score(workspace, truth_dir, setting, method, network, labelled, iterations, args, device) -> None:
     config = run_config(setting, method, labelled, iterations, args.device, args.seed)
     config["network"] = network
@@ -187,9 +236,13 @@ def train_and_score(workspace, truth_dir, setting, method, network, labelled, it
         ids = case_ids(workspace, first, last)
         result = evaluate_subset(run_dir, truth_dir, ids)
         figures = metric_figures(result)
+        scores_path = case_scores_path(run_id, group)
+        scores_path.parent.mkdir(parents=True, exist_ok=True)
+        scores_path.write_text(json.dumps({case: c["1"]["dice"] for case, c in result["cases"].items()}))
         key = f"{setting['name']}|{group}|l{labelled}|{method}|{network}|it{iterations}"
         bc.emit(bc.record(BENCHMARK, f"{setting['name']}_{group}", key, device,
                           group=f"{group} ({first}-{last})", **common, **figures, **timing))
+    return run_id
 
 
 def main(argv=None) -> int:
@@ -211,11 +264,15 @@ def main(argv=None) -> int:
         return 0
     workspace = bc.la_workspace(root)
     truth_dir = root / "labelsTr"
+    runs = []
     for labelled in [int(v) for v in args.labelled.split(",")]:
         for method in methods:
-            train_and_score(workspace, truth_dir, setting, method, "unet3d", labelled, iterations, args, device)
+            run_id = train_and_score(workspace, truth_dir, setting, method, "unet3d", labelled, iterations, args, device)
+            runs.append((method, "unet3d", labelled, iterations, run_id))
         if args.gpu_full and not args.no_vnet and not args.quick:
-            train_and_score(workspace, truth_dir, setting, "dycon", "vnet", labelled, iterations, args, device)
+            run_id = train_and_score(workspace, truth_dir, setting, "dycon", "vnet", labelled, iterations, args, device)
+            runs.append(("dycon", "vnet", labelled, iterations, run_id))
+    emit_paired(setting, runs, device)
     return 0
 
 

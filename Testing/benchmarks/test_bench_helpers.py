@@ -75,3 +75,46 @@ def test_regeneration_keeps_notes_and_other_machines_records(tmp_path, monkeypat
     assert "| 25.00 |" in text and "| 30.00 |" not in text  # the newer CPU record replaced the old
     assert "H100" in text and "(GPU)" in text  # the GPU record was added, not substituted
     assert len(rb.records_in_doc(text)) == 2
+
+
+def test_paired_difference_matches_hand_computed_t_interval():
+    import bench_la
+
+    ours = {"a": 0.80, "b": 0.70, "c": 0.90, "only_ours": 0.1}
+    theirs = {"a": 0.75, "b": 0.72, "c": 0.80, "only_theirs": 0.9}
+    out = bench_la.paired_difference(ours, theirs)
+    # differences 0.05, -0.02, 0.10: mean 0.0433..., sd (ddof 1) = sqrt(((0.0067)^2 + (0.0633)^2 + (0.0567)^2) / 2)
+    diffs = [0.05, -0.02, 0.10]
+    mean = sum(diffs) / 3
+    sd = (sum((d - mean) ** 2 for d in diffs) / 2) ** 0.5
+    half = 4.302652729911275 * sd / 3 ** 0.5  # t(0.975, 2) from a table
+    assert out["cases"] == 3 and out["wins"] == 2
+    assert out["mean_diff"] == pytest.approx(mean)
+    assert out["ci95_low"] == pytest.approx(mean - half) and out["ci95_high"] == pytest.approx(mean + half)
+
+
+def test_emit_paired_compares_each_method_with_its_baselines(tmp_path, monkeypatch, capsys):
+    import json
+
+    import bench_la
+
+    monkeypatch.setattr(bc, "BENCH_DIR", tmp_path)
+    setting = {"name": "cpu"}
+    dice = {"supervised": 0.70, "mean_teacher": 0.72, "dycon": 0.75}
+    runs = []
+    for method, value in dice.items():
+        run_id = bench_la.run_id_for(setting, method, "unet3d", 8, 300)
+        runs.append((method, "unet3d", 8, 300, run_id))
+        for group in ("held_out", "transductive"):
+            path = bench_la.case_scores_path(run_id, group)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"c1": value, "c2": value + 0.01}))
+    bench_la.emit_paired(setting, runs, "cpu")
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    pairs = {(r["group"], r["method"], r["versus"]): r["mean_diff"] for r in rows}
+    assert pairs == {
+        (g, m, v): pytest.approx(d)
+        for g in ("held_out", "transductive")
+        for m, v, d in (("mean_teacher", "supervised", 0.02), ("dycon", "supervised", 0.05),
+                        ("dycon", "mean_teacher", 0.03))
+    }
