@@ -45,7 +45,9 @@ DEFAULTS: Dict[str, Any] = {
     "predict_every": 0,  # 0: predict only at the end
     "first_prediction_at": 0,  # >0: an early prediction round at this iteration
     "reload_every": 100,  # re-read dataset.json every N iterations (new labels join)
-    "sw_overlap": 0.5,
+    # None: 0.5 on a GPU, 0.25 on the CPU, where it makes a large volume's prediction 2.9x faster
+    # (100 instead of 294 windows) for 0.001 held-out Dice on LA (docs/benchmarks.md, inference).
+    "sw_overlap": None,
     "sw_batch_size": 2,
     "mc_dropout": 0,  # K > 0: also write the mutual-information map
     # Region threshold: at least `threshold`, and raised so that at most `max_fraction` of the
@@ -60,8 +62,22 @@ DEFAULTS: Dict[str, Any] = {
     "predict_cases": "all",  # all | training | held_out | none
 }
 
-GPU_DEFAULTS = {"iterations": 6000, "batch_labelled": 4, "batch_unlabelled": 4}
-CPU_DEFAULTS = {"iterations": 300, "batch_labelled": 2, "batch_unlabelled": 2}
+GPU_DEFAULTS = {"iterations": 6000, "batch_labelled": 4, "batch_unlabelled": 4, "sw_overlap": 0.5}
+CPU_DEFAULTS = {"iterations": 300, "batch_labelled": 2, "batch_unlabelled": 2, "sw_overlap": 0.25}
+
+
+def sliding_window_overlap(config: dict, device) -> float:
+    """The configured window overlap, or the device's default when the config leaves it None."""
+    value = config.get("sw_overlap")
+    if value is None:
+        value = (GPU_DEFAULTS if device.type == "cuda" else CPU_DEFAULTS)["sw_overlap"]
+    value = float(value)
+    if not 0.0 <= value < 1.0:
+        raise InputError(
+            f"sw_overlap must be in [0, 1) (got {value}).",
+            "It is the fraction by which neighbouring sliding windows overlap; use e.g. 0.25 or 0.5.",
+        )
+    return value
 
 
 def deep_merge(base: dict, override: dict) -> dict:
@@ -148,6 +164,7 @@ def resolve_config(config: dict, device, image_shapes: Sequence, spacings: Seque
             "The networks halve the patch four times; e.g. use [96, 96, 64].",
         )
     out["patch_size"] = [int(p) for p in patch]
+    out["sw_overlap"] = sliding_window_overlap(out, device)
     if int(out["iterations"]) < 1:
         raise InputError(f"iterations must be >= 1 (got {out['iterations']}).", "Use e.g. --iterations 300.")
     if int(out["batch_labelled"]) < 1:

@@ -2,7 +2,7 @@
 
 The annotator's first feedback comes from the configuration's early prediction round
 (``first_prediction_at = N``: after iteration N the trainer predicts every case with the
-configured sliding window - overlap ``sw_overlap`` 0.5, window = the training patch - writes
+configured sliding window - overlap ``sw_overlap`` (0.25 on the CPU), window = the training patch - writes
 label map, entropy map and regions.json per case, then trains on). This benchmark starts
 ``semisupseg train`` as a subprocess (what the Slicer module does) on 10 synthetic volumes of
 256x256x100 voxels (0.8 x 0.8 x 1.0 mm, generated once into .bench/first_overlay/workspace by

@@ -16,6 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from ..config import sliding_window_overlap
 from ..data.io import from_array, to_array, write_image_atomic
 from ..data.preprocess import resample_like
 from .regions import find_uncertain_regions, write_regions_json
@@ -74,7 +75,7 @@ def predict_cases(
                 image,
                 tuple(config["patch_size"]),
                 num_classes,
-                overlap=float(config["sw_overlap"]),
+                overlap=sliding_window_overlap(config, device),
                 device=device,
                 sw_batch_size=int(config["sw_batch_size"]),
                 mc_samples=mc,
