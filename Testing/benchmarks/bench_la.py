@@ -208,7 +208,11 @@ def train_and_score(workspace, truth_dir, setting, method, network, labelled, it
         if code != 0:
             raise RuntimeError(f"semisupseg train exited with {code} for {run_id}")
     events = bc.run_events(run_dir)
-    finished = [e for e in events if e.get("event") == "finished"][-1]
+    # Training's own events only: a later `semisupseg predict` on the run (bench_uncertainty_errors
+    # --repredict) appends its own prediction and "finished" events to the same file.
+    end = max(i for i, e in enumerate(events) if e.get("event") == "finished" and "iterations" in e)
+    events = events[: end + 1]
+    finished = events[-1]
     started = [e for e in events if e.get("event") == "started"][0]
     progress = [e for e in events if e.get("event") == "progress"]
     final_preds = [e for e in events if e.get("event") == "prediction" and e.get("round") == "final"]
