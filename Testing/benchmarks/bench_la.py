@@ -202,7 +202,7 @@ def train_and_score(workspace, truth_dir, setting, method, network, labelled, it
         shutil.rmtree(run_dir)  # asked to redo it, or killed before its first checkpoint
     if not bc.run_finished(run_dir):
         # A run killed after a checkpoint continues from it (the engine's --resume) instead of
-        # starting over; run_seconds then counts only the resumed part.
+        # starting over; its "finished" event's total_seconds adds the earlier parts' time.
         resume = ["--resume"] if run_dir.exists() else []
         code, _events, wall = bc.train_subprocess(workspace, config, run_id, extra_args=resume, threads=args.threads)
         if code != 0:
@@ -219,7 +219,8 @@ def train_and_score(workspace, truth_dir, setting, method, network, labelled, it
     it_per_s = [p["it_per_s"] for p in progress[1:]] or [p["it_per_s"] for p in progress]
     timing = {
         "iterations": iterations,
-        "run_seconds": round(float(finished["seconds"]), 1),
+        # Runs resumed from checkpoints written before total_seconds existed report their last part only.
+        "run_seconds": round(float(finished.get("total_seconds", finished["seconds"])), 1),
         "it_per_s": round(float(sorted(it_per_s)[len(it_per_s) // 2]), 4) if it_per_s else None,
         "predict_s_per_case": round(sum(e["seconds"] for e in final_preds) / max(len(final_preds), 1), 2),
     }

@@ -151,6 +151,8 @@ def test_cancel_leaves_a_usable_checkpoint_and_resume_continues_the_same_schedul
     run = tiny_workspace / "runs" / "interrupted"
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert state["iteration"] == 3
+    first_part_seconds = state["train_seconds"]
+    assert first_part_seconds > 0
     events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
     assert events[-1]["event"] == "cancelled"
 
@@ -168,6 +170,12 @@ def test_cancel_leaves_a_usable_checkpoint_and_resume_continues_the_same_schedul
     assert sorted(resumed) == [1, 2, 3, 4, 5, 6]
     for it in range(1, 7):  # the same schedule, RNG streams and weights: the same losses
         assert resumed[it] == pytest.approx(straight[it], rel=1e-5), it
+    # The run's duration counts both parts: the first part's time comes from the checkpoint.
+    finished = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()][-1]
+    assert finished["event"] == "finished" and finished["resumed_at"] == 3
+    assert finished["total_seconds"] == pytest.approx(first_part_seconds + finished["seconds"], abs=0.02)
+    final_state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert final_state["train_seconds"] > first_part_seconds
     a = torch.load(tiny_workspace / "runs" / "straight" / "checkpoints" / "last.pt", weights_only=True)["model"]
     b = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)

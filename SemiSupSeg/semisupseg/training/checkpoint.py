@@ -13,13 +13,20 @@ from ..errors import InputError
 FORMAT = 1
 
 
-def save_checkpoint(path: Path, *, iteration: int, method, optimizer, sampler_rng: Optional[torch.Tensor]) -> None:
-    """Atomically write ``path`` (temporary file + rename), so a kill never leaves half a checkpoint."""
+def save_checkpoint(
+    path: Path, *, iteration: int, method, optimizer, sampler_rng: Optional[torch.Tensor], train_seconds: float = 0.0
+) -> None:
+    """Atomically write ``path`` (temporary file + rename), so a kill never leaves half a checkpoint.
+
+    ``train_seconds`` is the wall time spent training up to ``iteration``, summed over every
+    resumed part, so a run's reported duration survives a kill.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {
         "format": FORMAT,
         "iteration": int(iteration),
+        "train_seconds": float(train_seconds),
         "method": method.name,
         "model": method.state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else {},

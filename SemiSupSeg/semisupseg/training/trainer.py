@@ -113,6 +113,10 @@ class Trainer:
         )
         self.sampler = self._build_sampler()
         self.iteration = 0
+        # Training wall time of earlier parts of a resumed run (from the checkpoint) and the
+        # start of this part; together they give the run's total in checkpoints and "finished".
+        self.resumed_seconds = 0.0
+        self.part_started = time.perf_counter()
         self.skipped_steps = 0
         self.cancel = CancelFlag(run_dir / "STOP")
         self.dataset_mtime = (workspace / "dataset.json").stat().st_mtime
@@ -183,6 +187,7 @@ class Trainer:
             method=self.method,
             optimizer=self.optimizer,
             sampler_rng=self.sampler.generator.get_state() if hasattr(self.sampler, "generator") else None,
+            train_seconds=self.resumed_seconds + time.perf_counter() - self.part_started,
         )
         self.events.emit("checkpoint", path=str(path), iteration=self.iteration)
         return path
@@ -197,6 +202,7 @@ class Trainer:
         self.method.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.iteration = int(state["iteration"])
+        self.resumed_seconds = float(state.get("train_seconds", 0.0))  # absent in older checkpoints
         torch.set_rng_state(state["rng"]["torch"])
         if "sampler" in state["rng"] and hasattr(self.sampler, "generator"):
             self.sampler.generator.set_state(state["rng"]["sampler"])
@@ -238,7 +244,7 @@ class Trainer:
         """Train until the planned iteration count or a cancel request; returns the final state."""
         cfg = self.config
         self.cancel.install()
-        started = time.perf_counter()
+        started = self.part_started = time.perf_counter()
         start_iteration = self.iteration
         window_start, window_iteration = started, self.iteration
         try:
@@ -279,6 +285,8 @@ class Trainer:
                 "finished",
                 iterations=self.iteration,
                 seconds=round(elapsed, 2),
+                total_seconds=round(self.resumed_seconds + elapsed, 2),
+                resumed_at=start_iteration if start_iteration else None,
                 skipped_steps=self.skipped_steps,
             )
             return "finished"
