@@ -12,6 +12,7 @@ from semisupseg.errors import InputError
 from semisupseg.losses import fecl
 from semisupseg.methods import METHODS, Batch, StepContext, build_method
 from semisupseg.methods.dycon import anchors_with_positive, pooled_mean
+from semisupseg.training.compilation import compile_network, is_compiled
 from semisupseg.training.ema import ema_decay, ema_update, make_teacher
 from semisupseg.training.schedules import learning_rate, sigmoid_rampup
 
@@ -117,17 +118,40 @@ def test_unknown_method_option_is_an_input_error():
     assert {"supervised", "mean_teacher", "dycon"} <= set(METHODS)
 
 
+class TwoEntryNet(torch.nn.Module):
+    """The engine's network contract in miniature: ``net(x)`` and ``net.forward_features(x)``."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(2, 2)
+
+    def forward(self, x):
+        return self.lin(x)
+
+    def forward_features(self, x):
+        return self.lin(x), 2 * x
+
+
 @pytest.mark.slow
-def test_teacher_of_a_compiled_student_is_its_own_network():
-    student = torch.nn.Linear(2, 2)
-    student.compile()
+def test_compiled_student_compiles_both_entry_points_and_its_teacher_is_its_own_network():
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    student = compile_network(TwoEntryNet())
     teacher = make_teacher(student)
     with torch.no_grad():
-        teacher.weight.zero_()
-        teacher.bias.zero_()
+        teacher.lin.weight.zero_()
+        teacher.lin.bias.zero_()
     x = torch.ones(1, 2)
+    graphs = counters["stats"]["unique_graphs"]
+    # forward_features (what DyCON calls) goes through dynamo, not only __call__.
+    assert not torch.equal(student.forward_features(x)[0], torch.zeros(1, 2))
+    assert counters["stats"]["unique_graphs"] > graphs
     assert torch.equal(teacher(x), torch.zeros(1, 2))
+    assert torch.equal(teacher.forward_features(x)[0], torch.zeros(1, 2))
     assert not torch.equal(student(x), torch.zeros(1, 2))
+    assert is_compiled(teacher) and "forward_features" in vars(teacher)
+    assert set(teacher.state_dict()) == {"lin.weight", "lin.bias"}  # plain keys, loadable uncompiled
 
 
 def test_dycon_threshold_hard_negatives_option_runs_and_differs():

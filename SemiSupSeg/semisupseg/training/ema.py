@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .compilation import compile_network, is_compiled, plain_copy
+
 
 def ema_decay(iteration: int, cap: float = 0.99) -> float:
     """alpha_t = min(1 - 1/(t+1), cap): 0 at t = 0 (teacher := student), then ramps to ``cap``."""
@@ -29,19 +31,13 @@ def ema_update(teacher: nn.Module, student: nn.Module, alpha: float) -> None:
 
 
 def make_teacher(student: nn.Module) -> nn.Module:
-    """A frozen copy of the student (exact copy, so iteration 0 needs no special case)."""
-    import copy
+    """A frozen copy of the student (exact copy, so iteration 0 needs no special case).
 
-    # A compiled student (nn.Module.compile) holds a compiled call bound to itself; copying that
-    # would make the "teacher" run the student. Copy the plain module and compile the copy.
-    compiled = getattr(student, "_compiled_call_impl", None)
-    student._compiled_call_impl = None
-    try:
-        teacher = copy.deepcopy(student)
-    finally:
-        student._compiled_call_impl = compiled
-    if compiled is not None:
-        teacher.compile()
+    A compiled student gets a teacher compiled on its own (see ``compilation.plain_copy``).
+    """
+    teacher = plain_copy(student)
+    if is_compiled(student):
+        compile_network(teacher)
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher

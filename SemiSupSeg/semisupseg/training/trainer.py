@@ -32,6 +32,7 @@ from ..methods import StepContext, build_method
 from ..networks import build_network
 from .case_split import split_cases
 from .checkpoint import load_checkpoint, save_checkpoint
+from .compilation import compile_network
 from .manifest import build_manifest, device_description
 from .schedules import learning_rate
 
@@ -141,7 +142,7 @@ class Trainer:
         def build():
             net = build_network(name, in_channels=1, num_classes=self.num_classes, **options)
             if compile_networks:
-                net.compile()  # in place: state_dict keys stay those of the plain network
+                compile_network(net)  # in place: state_dict keys stay those of the plain network
             return net
 
         return build
