@@ -36,8 +36,8 @@ DEFAULTS: Dict[str, Any] = {
         "schedule": "constant",  # constant (released DyCON) | poly (power 0.9)
     },
     "amp": "auto",  # auto (bf16 on CUDA) | bf16 | off
-    # auto: on the CPU, where oneDNN's conv3d backward is several times faster in channels-last
-    # layout (see docs/benchmarks.md); off on CUDA until measured there.
+    # auto: on the CPU, where channels-last layout made DyCON's step at the CPU-scale LA setting
+    # about 0.85x the time (docs/benchmarks.md, channels_last table); off on CUDA until measured there.
     "channels_last": "auto",
     "compile": False,
     "log_every": 10,

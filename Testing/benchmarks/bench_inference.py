@@ -1,7 +1,8 @@
 """Inference: seconds per volume for probabilities + entropy map (+ MC dropout, K = 8).
 
 Times ``inference.sliding_window.predict_probabilities`` (MONAI sliding window, Gaussian
-blending, the settings of the config: overlap 0.5, 2 windows per batch) followed by
+blending, 2 windows per batch; overlap 0.5 unless a row names another: the engine's default
+is 0.5 on a GPU and 0.25 on the CPU, which the 'overlap 0.25' rows measure) followed by
 ``normalised_entropy`` and the arg-max label map: what ``predict_cases`` computes per case before
 writing files. Volumes are synthetic random tensors of a fixed size (the time does not depend on
 the content): an LA-sized 192x144x88 volume and a large 512x512x300 one. Networks have random

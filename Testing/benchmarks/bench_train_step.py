@@ -16,7 +16,8 @@ DyCON and mean teacher run with the same settings in the same invocation; the ra
 setting the LA comparison trains with (bench_la.py: CPU U-Net widths 8-128, 2+2 patches of
 64x64x48; on a GPU the (a) setting), as ratios to DyCON's step: the "wall time per iteration"
 column of the method comparison, measured without the other jobs a long benchmark shares the
-machine with.
+machine with. With every method, it is followed by the ``channels_last`` table: DyCON's step
+at that setting with channels_last_3d off and on, in alternating pairs (``--ab-rounds``).
 
 Optimisations (ratios against the DyCON baseline of the same invocation):
   amp bf16 autocast (losses stay fp32)  - config ``amp``
@@ -326,6 +327,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, help="torch intra-op threads for every setting (default: torch's)")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds one setting may take (default 1800)")
     p.add_argument("--skip-methods", action="store_true", help="leave out the per-method step table")
+    p.add_argument("--ab-rounds", type=int, default=2, help="off/on pairs of the channels-last comparison that "
+                   "follows the per-method table (default 2)")
     p.add_argument("--methods", nargs="?", const="all", help="only the per-method step table at the LA comparison "
                    "setting: 'all' (the default) or a comma-separated list of method names")
     args = p.parse_args(argv)
@@ -435,6 +438,40 @@ def run_method_table(args, device: str) -> None:
         base["threads"] = args.threads
         base["name"] += f", {args.threads} thread(s)"
     emit_method_steps(base, names, device)
+    if chosen == "all" and not args.quick:
+        emit_channels_last_ab(base, device, rounds=args.ab_rounds)
+
+
+def emit_channels_last_ab(base: dict, device: str, rounds: int) -> None:
+    """DyCON's step with channels_last_3d on and off at ``base``, alternating off/on ``rounds`` times.
+
+    Alternating pairs rather than one run each: single 3-6-step measurements here drift by about
+    10 % over a benchmark session, which is as large as the effect being measured.
+    """
+    on_gpu = device.startswith("cuda")
+    mem_key = "peak_mem_mb" if on_gpu else "step_rss_delta_mb"
+    spec = {**base, "method": "dycon", "method_options": {} if on_gpu else CPU_METHOD_OPTIONS.get("dycon", {})}
+    runs = {False: [], True: []}
+    for rnd in range(rounds):
+        for layout in (False, True):
+            result = run_worker({**spec, "channels_last": layout, "label": f"{base['name']} channels_last={layout} "
+                                                                           f"({rnd + 1}/{rounds})"})
+            if "error" in result:
+                bc.emit(bc.record(BENCHMARK, "channels_last", f"{base['name']}|channels_last", device,
+                                  setting=base["name"], status=result["error"]))
+                return
+            runs[layout].append(result)
+    mean = lambda results, key: sum(r[key] for r in results) / len(results)  # noqa: E731
+    off_s, on_s = mean(runs[False], "s_per_it"), mean(runs[True], "s_per_it")
+    pair_ratios = [on["s_per_it"] / off["s_per_it"] for off, on in zip(runs[False], runs[True])]
+    bc.emit(bc.record(BENCHMARK, "channels_last", f"{base['name']}|channels_last", device, setting=base["name"],
+                      patch="x".join(map(str, base["patch"])), widths="-".join(map(str, base["widths"])),
+                      rounds=rounds, s_per_it_off=round(off_s, 3), s_per_it_on=round(on_s, 3),
+                      time_on_vs_off=round(on_s / off_s, 3),
+                      pair_ratios=[round(r, 3) for r in pair_ratios],
+                      mem_on_vs_off=round(mean(runs[True], mem_key) / mean(runs[False], mem_key), 3),
+                      note="DyCON step, channels_last_3d on / off (< 1: on is faster); config channels_last "
+                           "'auto' turns it on on the CPU only"))
 
 
 def emit_profile(base: dict, setting: str, device: str) -> None:

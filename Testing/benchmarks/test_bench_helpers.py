@@ -118,3 +118,27 @@ def test_emit_paired_compares_each_method_with_its_baselines(tmp_path, monkeypat
         for m, v, d in (("mean_teacher", "supervised", 0.02), ("dycon", "supervised", 0.05),
                         ("dycon", "mean_teacher", 0.03))
     }
+
+
+def test_channels_last_comparison_alternates_layouts_and_averages_pairs(monkeypatch, capsys):
+    import json
+
+    import bench_train_step
+
+    # Fake step times: layout off 6 s then 4 s (drift), on 3 s then 3 s.
+    times = {False: iter([6.0, 4.0]), True: iter([3.0, 3.0])}
+    order = []
+
+    def fake_worker(spec):
+        order.append(spec["channels_last"])
+        return {"s_per_it": next(times[spec["channels_last"]]), "step_rss_delta_mb": 100.0 if spec["channels_last"] else 80.0}
+
+    monkeypatch.setattr(bench_train_step, "run_worker", fake_worker)
+    base = {"name": "tiny", "patch": [8, 8, 8], "widths": [2, 4], "channels_last": "auto"}
+    bench_train_step.emit_channels_last_ab(base, "cpu", rounds=2)
+    (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert order == [False, True, False, True]
+    assert row["s_per_it_off"] == pytest.approx(5.0) and row["s_per_it_on"] == pytest.approx(3.0)
+    assert row["time_on_vs_off"] == pytest.approx(0.6)
+    assert row["pair_ratios"] == [pytest.approx(0.5), pytest.approx(0.75)]
+    assert row["mem_on_vs_off"] == pytest.approx(1.25)
