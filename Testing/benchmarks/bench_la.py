@@ -69,7 +69,8 @@ def parse_args(argv=None):
     p.add_argument("--gpu-full", action="store_true", help="literature-comparable full-resolution setting (GPU)")
     p.add_argument("--no-vnet", action="store_true", help="with --gpu-full: skip the V-Net DyCON row")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--seed", type=int, default=1337, help="training seed; runs with another seed than 1337 "
+                   "get their own run folders and rows (suffix -sSEED)")
     p.add_argument("--threads", type=int, help="OMP_NUM_THREADS for training (default: one per core); "
                    "1 is about twice as fast on a 2-core machine shared with other jobs")
     p.add_argument("--retrain", action="store_true", help="train again even if a finished run exists")
@@ -98,9 +99,42 @@ def run_config(setting: dict, method: str, labelled: int, iterations: int, devic
     }
 
 
-def run_id_for(setting: dict, method: str, network: str, labelled: int, iterations: int) -> str:
+DEFAULT_SEED = 1337
+# What makes two runs the same experiment: a finished run is reused only if these match.
+RUN_IDENTITY_KEYS = ("method", "method_options", "network", "network_options", "iterations", "seed", "patch_size",
+                     "batch_labelled", "batch_unlabelled", "target_spacing", "split")
+
+
+def run_id_for(setting: dict, method: str, network: str, labelled: int, iterations: int,
+               seed: int = DEFAULT_SEED) -> str:
     net = "" if network == "unet3d" else f"-{network}"
-    return f"{setting['name']}-l{labelled}-{method}{net}-it{iterations}"
+    # The default seed keeps the short name (and the runs made before seeds were named).
+    seed_part = "" if seed == DEFAULT_SEED else f"-s{seed}"
+    return f"{setting['name']}-l{labelled}-{method}{net}-it{iterations}{seed_part}"
+
+
+def check_reusable(run_dir: Path, config: dict) -> None:
+    """Refuse to score a finished run that was trained with another configuration than ``config``."""
+    import json
+
+    saved_path = run_dir / "config.json"
+    if not saved_path.exists():
+        return
+    saved = json.loads(saved_path.read_text())
+    differ = [key for key in RUN_IDENTITY_KEYS if key in config and saved.get(key) != config[key]]
+    if differ:
+        details = ", ".join(f"{key}: run has {saved.get(key)!r}, asked {config[key]!r}" for key in differ)
+        raise SystemExit(f"{run_dir.name} was trained with another configuration ({details}). "
+                         f"Pass --retrain to train it again, or remove {run_dir}.")
+
+
+def trained_threads(events: list, fallback):
+    """Intra-op threads the run was trained with, from its first "started" event ("cpu (x86_64, 2 threads)")."""
+    import re
+
+    started = next((e for e in events if e.get("event") == "started"), {})
+    match = re.search(r"(\d+) threads?\)", str(started.get("device", "")))
+    return int(match.group(1)) if match else fallback
 
 
 def case_ids(workspace: Path, first: int, last: int) -> list:
@@ -166,7 +200,7 @@ def case_scores_path(run_id: str, group: str) -> Path:
     return bc.BENCH_DIR / "la" / "case_dice" / f"{run_id}-{group}.json"
 
 
-def emit_paired(setting: dict, runs: list, device: str) -> None:
+def emit_paired(setting: dict, runs: list, device: str, seed: int = DEFAULT_SEED) -> None:
     """Each method against supervised-only and DyCON against mean teacher, per labelled count and group.
 
     ``runs``: (method, network, labelled, iterations, run_id) of this invocation.
@@ -179,12 +213,14 @@ def emit_paired(setting: dict, runs: list, device: str) -> None:
             for baseline, only in baselines:
                 if method == baseline or (only and method != only):
                     continue
-                base_id = run_id_for(setting, baseline, "unet3d", labelled, iterations)
+                base_id = run_id_for(setting, baseline, "unet3d", labelled, iterations, seed)
                 ours, theirs = case_scores_path(run_id, group), case_scores_path(base_id, group)
                 if not (ours.exists() and theirs.exists()):
                     continue
                 figures = paired_difference(json.loads(ours.read_text()), json.loads(theirs.read_text()))
-                key = f"{setting['name']}|paired|{group}|l{labelled}|{method}|{network}|vs {baseline}|it{iterations}"
+                seed_part = "" if seed == DEFAULT_SEED else f"|s{seed}"
+                key = (f"{setting['name']}|paired|{group}|l{labelled}|{method}|{network}|vs {baseline}|"
+                       f"it{iterations}{seed_part}")
                 bc.emit(bc.record(BENCHMARK, f"{setting['name']}_paired_dice", key, device, group=group,
                                   labelled=labelled, method=method, network=network, versus=baseline,
                                   iterations=iterations, **{k: round(v, 4) if isinstance(v, float) else v
@@ -196,10 +232,12 @@ def train_and_score(workspace, truth_dir, setting, method, network, labelled, it
     config["network"] = network
     if network != "unet3d":
         config["network_options"] = {}
-    run_id = run_id_for(setting, method, network, labelled, iterations)
+    run_id = run_id_for(setting, method, network, labelled, iterations, args.seed)
     run_dir = workspace / "runs" / run_id
     if run_dir.exists() and (args.retrain or not (run_dir / "checkpoints" / "last.pt").exists()):
         shutil.rmtree(run_dir)  # asked to redo it, or killed before its first checkpoint
+    if run_dir.exists():
+        check_reusable(run_dir, config)
     if not bc.run_finished(run_dir):
         # A run killed after a checkpoint continues from it (the engine's --resume) instead of
         # starting over; its "finished" event's total_seconds adds the earlier parts' time.
@@ -235,7 +273,7 @@ def train_and_score(workspace, truth_dir, setting, method, network, labelled, it
         if network == "unet3d" else "default",
         "run": run_id,
         "patch_batch": f"{config['batch_labelled']}+{config['batch_unlabelled']}",
-        "threads": args.threads or "default",
+        "threads": trained_threads(events, args.threads or "default"),
     }
     for group, (first, last) in (("held_out", HELD_OUT), ("transductive", UNLABELLED)):
         ids = case_ids(workspace, first, last)
@@ -244,7 +282,8 @@ def train_and_score(workspace, truth_dir, setting, method, network, labelled, it
         scores_path = case_scores_path(run_id, group)
         scores_path.parent.mkdir(parents=True, exist_ok=True)
         scores_path.write_text(json.dumps({case: c["1"]["dice"] for case, c in result["cases"].items()}))
-        key = f"{setting['name']}|{group}|l{labelled}|{method}|{network}|it{iterations}"
+        seed_part = "" if args.seed == DEFAULT_SEED else f"|s{args.seed}"
+        key = f"{setting['name']}|{group}|l{labelled}|{method}|{network}|it{iterations}{seed_part}"
         bc.emit(bc.record(BENCHMARK, f"{setting['name']}_{group}", key, device,
                           group=f"{group} ({first}-{last})", **common, **figures, **timing))
     return run_id
@@ -277,7 +316,7 @@ def main(argv=None) -> int:
         if args.gpu_full and not args.no_vnet and not args.quick:
             run_id = train_and_score(workspace, truth_dir, setting, "dycon", "vnet", labelled, iterations, args, device)
             runs.append(("dycon", "vnet", labelled, iterations, run_id))
-    emit_paired(setting, runs, device)
+    emit_paired(setting, runs, device, args.seed)
     return 0
 
 

@@ -142,3 +142,30 @@ def test_channels_last_comparison_alternates_layouts_and_averages_pairs(monkeypa
     assert row["time_on_vs_off"] == pytest.approx(0.6)
     assert row["pair_ratios"] == [pytest.approx(0.5), pytest.approx(0.75)]
     assert row["mem_on_vs_off"] == pytest.approx(1.25)
+
+
+def test_la_runs_with_another_seed_get_their_own_folder_and_a_changed_run_is_not_reused(tmp_path):
+    import json
+
+    import bench_la
+
+    setting = bench_la.CPU_SETTING
+    assert bench_la.run_id_for(setting, "dycon", "unet3d", 8, 300) == "cpu-l8-dycon-it300"
+    assert bench_la.run_id_for(setting, "dycon", "unet3d", 8, 300, seed=7) == "cpu-l8-dycon-it300-s7"
+    config = bench_la.run_config(setting, "dycon", 8, 300, "auto", 1337)
+    run_dir = tmp_path / "cpu-l8-dycon-it300"
+    run_dir.mkdir()
+    # The engine stores the resolved configuration: more keys, device resolved.
+    (run_dir / "config.json").write_text(json.dumps({**config, "device": "cpu", "amp": "auto"}))
+    bench_la.check_reusable(run_dir, config)
+    with pytest.raises(SystemExit, match=r"seed: run has 1337, asked 7.*--retrain"):
+        bench_la.check_reusable(run_dir, {**config, "seed": 7})
+
+
+def test_trained_threads_comes_from_the_first_started_event():
+    import bench_la
+
+    events = [{"event": "started", "device": "cpu (x86_64, 2 threads)"}, {"event": "progress"},
+              {"event": "started", "device": "cpu (x86_64, 1 threads)"}]
+    assert bench_la.trained_threads(events, "default") == 2
+    assert bench_la.trained_threads([{"event": "started", "device": "cuda:0 (NVIDIA H100)"}], "default") == "default"
