@@ -27,19 +27,19 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_common as bc  # noqa: E402
+import bench_la  # noqa: E402
 
 BENCHMARK = "uncertainty_errors"
 
 
 def find_run(workspace: Path) -> Path | None:
-    """The newest finished DyCON unet3d run of bench_la.py (CPU setting preferred)."""
+    """The newest finished DyCON run of bench_la.py; a full-resolution GPU run (gpufull-*) when there is one."""
     runs = [d for d in (workspace / "runs").glob("*-dycon-it*") if bc.run_finished(d)]
     runs.sort(key=lambda d: (d.name.startswith("gpufull"), (d / "events.jsonl").stat().st_mtime))
     return runs[-1] if runs else None
 
 
 def train_short_run(workspace: Path, iterations: int, threads) -> Path:
-    import bench_la
 
     config = bench_la.run_config(bench_la.CPU_SETTING, "dycon", 8, iterations, "auto", 1337)
     run_id = bench_la.run_id_for(bench_la.CPU_SETTING, "dycon", "unet3d", 8, iterations)
@@ -154,7 +154,9 @@ def analyse_case(case_id, run_dir: Path, truth_dir: Path, regions: list, args, r
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", type=Path, help="a run folder (default: the DyCON run of bench_la.py)")
-    p.add_argument("--iterations", type=int, default=80, help="iterations of the fallback DyCON run (default 80)")
+    p.add_argument("--iterations", type=int, default=bench_la.CPU_SETTING["iterations"],
+                   help="iterations of the DyCON run trained here when bench_la.py has left none "
+                        "(default: bench_la's CPU default)")
     p.add_argument("--threads", type=int, help="OMP_NUM_THREADS for the fallback training run")
     p.add_argument("--top", type=int, default=5, help="regions per case (default 5)")
     p.add_argument("--draws", type=int, default=20, help="random box placements per case (default 20)")
