@@ -37,7 +37,7 @@ DEFAULTS: Dict[str, Any] = {
     },
     "amp": "auto",  # auto (bf16 on CUDA) | bf16 | off
     # auto: on the CPU, where channels-last layout made DyCON's step at the CPU-scale LA setting
-    # 0.85-0.90x the time (docs/benchmarks.md, channels_last table); off on CUDA until measured there.
+    # about 0.9x the time (docs/benchmarks.md, channels_last table); off on CUDA until measured there.
     "channels_last": "auto",
     "compile": False,
     "log_every": 10,

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -31,6 +32,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_common as bc  # noqa: E402
+
+DEFAULT_SEED = 1337
 
 BENCHMARK = "la"
 CPU_SETTING = {
@@ -71,8 +74,8 @@ def parse_args(argv=None):
     p.add_argument("--gpu-full", action="store_true", help="literature-comparable full-resolution setting (GPU)")
     p.add_argument("--no-vnet", action="store_true", help="with --gpu-full: skip the V-Net DyCON row")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--seed", type=int, default=1337, help="training seed; runs with another seed than 1337 "
-                   "get their own run folders and rows (suffix -sSEED)")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"training seed; runs with another seed than "
+                   f"{DEFAULT_SEED} get their own run folders and rows (suffix -sSEED)")
     p.add_argument("--threads", type=int, help="OMP_NUM_THREADS for training (default: one per core); "
                    "1 is about twice as fast on a 2-core machine shared with other jobs")
     p.add_argument("--retrain", action="store_true", help="train again even if a finished run exists")
@@ -101,7 +104,6 @@ def run_config(setting: dict, method: str, labelled: int, iterations: int, devic
     }
 
 
-DEFAULT_SEED = 1337
 # What makes two runs the same experiment: a finished run is reused only if these match.
 RUN_IDENTITY_KEYS = ("method", "method_options", "network", "network_options", "iterations", "seed", "patch_size",
                      "batch_labelled", "batch_unlabelled", "target_spacing", "split")
@@ -110,15 +112,16 @@ RUN_IDENTITY_KEYS = ("method", "method_options", "network", "network_options", "
 def run_id_for(setting: dict, method: str, network: str, labelled: int, iterations: int,
                seed: int = DEFAULT_SEED) -> str:
     net = "" if network == "unet3d" else f"-{network}"
-    # The default seed keeps the short name (and the runs made before seeds were named).
-    seed_part = "" if seed == DEFAULT_SEED else f"-s{seed}"
-    return f"{setting['name']}-l{labelled}-{method}{net}-it{iterations}{seed_part}"
+    return f"{setting['name']}-l{labelled}-{method}{net}-it{iterations}{seed_suffix(seed, '-')}"
+
+
+def seed_suffix(seed: int, separator: str) -> str:
+    """Nothing for the default seed (the names of earlier runs and rows stay valid), else e.g. ``-s7``."""
+    return "" if seed == DEFAULT_SEED else f"{separator}s{seed}"
 
 
 def check_reusable(run_dir: Path, config: dict) -> None:
     """Refuse to score a finished run that was trained with another configuration than ``config``."""
-    import json
-
     saved_path = run_dir / "config.json"
     if not saved_path.exists():
         return
@@ -132,8 +135,6 @@ def check_reusable(run_dir: Path, config: dict) -> None:
 
 def trained_threads(events: list, fallback):
     """Intra-op threads the run was trained with, from its first "started" event ("cpu (x86_64, 2 threads)")."""
-    import re
-
     started = next((e for e in events if e.get("event") == "started"), {})
     match = re.search(r"(\d+) threads?\)", str(started.get("device", "")))
     return int(match.group(1)) if match else fallback
@@ -220,9 +221,8 @@ def emit_paired(setting: dict, runs: list, device: str, seed: int = DEFAULT_SEED
                 if not (ours.exists() and theirs.exists()):
                     continue
                 figures = paired_difference(json.loads(ours.read_text()), json.loads(theirs.read_text()))
-                seed_part = "" if seed == DEFAULT_SEED else f"|s{seed}"
                 key = (f"{setting['name']}|paired|{group}|l{labelled}|{method}|{network}|vs {baseline}|"
-                       f"it{iterations}{seed_part}")
+                       f"it{iterations}{seed_suffix(seed, '|')}")
                 bc.emit(bc.record(BENCHMARK, f"{setting['name']}_paired_dice", key, device, group=group,
                                   labelled=labelled, method=method, network=network, versus=baseline,
                                   iterations=iterations, **{k: round(v, 4) if isinstance(v, float) else v
@@ -284,8 +284,7 @@ def train_and_score(workspace, truth_dir, setting, method, network, labelled, it
         scores_path = case_scores_path(run_id, group)
         scores_path.parent.mkdir(parents=True, exist_ok=True)
         scores_path.write_text(json.dumps({case: c["1"]["dice"] for case, c in result["cases"].items()}))
-        seed_part = "" if args.seed == DEFAULT_SEED else f"|s{args.seed}"
-        key = f"{setting['name']}|{group}|l{labelled}|{method}|{network}|it{iterations}{seed_part}"
+        key = f"{setting['name']}|{group}|l{labelled}|{method}|{network}|it{iterations}{seed_suffix(args.seed, '|')}"
         bc.emit(bc.record(BENCHMARK, f"{setting['name']}_{group}", key, device,
                           group=f"{group} ({first}-{last})", **common, **figures, **timing))
     return run_id

@@ -450,7 +450,7 @@ def emit_channels_last_ab(base: dict, device: str, rounds: int) -> None:
     """
     on_gpu = device.startswith("cuda")
     mem_key = "peak_mem_mb" if on_gpu else "step_rss_delta_mb"
-    spec = {**base, "method": "dycon", "method_options": {} if on_gpu else CPU_METHOD_OPTIONS.get("dycon", {})}
+    spec = {**base, "method": "dycon", "method_options": {}}
     runs = {False: [], True: []}
     for rnd in range(rounds):
         for layout in (False, True):

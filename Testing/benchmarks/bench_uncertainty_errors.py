@@ -40,8 +40,7 @@ def find_run(workspace: Path) -> Path | None:
 
 
 def train_short_run(workspace: Path, iterations: int, threads) -> Path:
-
-    config = bench_la.run_config(bench_la.CPU_SETTING, "dycon", 8, iterations, "auto", 1337)
+    config = bench_la.run_config(bench_la.CPU_SETTING, "dycon", 8, iterations, "auto", bench_la.DEFAULT_SEED)
     run_id = bench_la.run_id_for(bench_la.CPU_SETTING, "dycon", "unet3d", 8, iterations)
     code, _events, _wall = bc.train_subprocess(workspace, config, run_id, threads=threads)
     if code != 0:
