@@ -1,19 +1,23 @@
-"""Does the uncertainty map find the errors? AUROC for voxel errors, and error capture of the top regions.
+"""Does the map point at the errors? Each uncertainty source as a score of "this voxel is wrong", and its regions.
 
 On a trained run whose held-out cases have ground truth (the DyCON run of bench_la.py when it
-exists, else a short CPU-scale DyCON run on the LA development protocol trained here), for every
-held-out case:
-  - error = (predicted label != true label) per voxel, on the image grid the maps are written on;
-  - AUROC of the normalised-entropy map as a score for "this voxel is wrong", over all voxels of
-    the case (rank-based, ties as one half; bench_common.auroc), and pooled over the held-out cases
-    on a random subsample of voxels (--pooled-voxels per case);
-  - the share of the case's error voxels inside the union of the bounding boxes of the top-5
-    regions of regions.json, against boxes of the same sizes placed at random (mean of --draws
-    draws) (a) anywhere in the volume and (b) centred on a random voxel of the predicted boundary
-    band (within 2 voxels of a label change; where a careful annotator would look anyway);
-  - the same with the regions' own voxels instead of their boxes (components recomputed as the
-    engine finds them), against the same shapes shifted to random positions: boxes of large,
-    sprawling regions cover most of the volume and then say little.
+exists, else a short CPU-scale DyCON run on the LA development protocol trained here), every
+held-out case is predicted here, in this process, with the run's final networks, once per
+uncertainty source (semisupseg.inference.uncertainty_sources: entropy, mutual_information
+(MC dropout), disagreement (student vs teacher), flip_tta). The errors are those of the plain
+prediction the annotator sees (argmax of the inference networks' mean softmax), on the image grid.
+Per source and case:
+  - AUROC of the map for "this voxel is wrong" (rank-based, ties one half; pooled over cases on a
+    random subsample of --pooled-voxels voxels per case) and for far errors only (errors farther
+    than 3 mm from the predicted boundary, against every other voxel);
+  - the top-5 regions as the engine finds them on that map (inference.predictor.uncertain_regions,
+    the run's region settings): the share of the case's errors and far errors inside the union of
+    their boxes, the share of the volume the boxes cover, against boxes of the same sizes centred
+    on random voxels of the predicted boundary band (within 2 voxels of a label change: where a
+    careful annotator would look anyway; mean of --draws draws) and placed anywhere;
+  - every region's extent along the image axes (mm) and whether its jump target lies in it;
+  - the seconds the source took for the case (on top of nothing: each source predicts anew).
+Summary rows pool the error shares over cases, weighted by each case's error count.
 """
 
 from __future__ import annotations
@@ -64,180 +68,192 @@ def boxes_around(centres: np.ndarray, boxes: list, shape, rng) -> list:
     return placed
 
 
-def region_masks(unc: np.ndarray, regions: list, threshold: float, k: int) -> list:
-    """The voxel masks of the top-k regions, cropped to their boxes: [(lo, mask (box-shaped bool))].
+FAR_MM = 3.0  # an error farther than this from the predicted boundary is a "far" error
 
-    regions.json keeps boxes, not masks; the components are recomputed exactly as the engine
-    finds them (u > the region's own ``threshold`` when it records one, else the configured one;
-    26-connected) and matched by box and voxel count.
-    """
+
+def far_from_boundary(pred: np.ndarray, spacing) -> np.ndarray:
+    """Voxels farther than FAR_MM from the predicted boundary (Euclidean, in mm)."""
     from scipy import ndimage
-
-    labelled = {}  # threshold -> (components, sizes)
-    out = []
-    for region in sorted(regions, key=lambda r: r.get("rank", 0))[:k]:
-        t = float(region.get("threshold", threshold))
-        if t not in labelled:
-            components, _ = ndimage.label(unc > t, structure=np.ones((3, 3, 3), dtype=bool))
-            labelled[t] = (components, np.bincount(components.ravel()))
-        components, sizes = labelled[t]
-        lo, hi = region["bbox_voxels"]["min"], region["bbox_voxels"]["max"]
-        box = tuple(slice(a, b + 1) for a, b in zip(lo, hi))
-        # The recorded threshold is rounded (6 decimals), so sizes may differ by a few voxels.
-        candidates = [int(lab) for lab in np.unique(components[box]) if lab > 0]
-        if not candidates:
-            continue
-        best = min(candidates, key=lambda lab: abs(int(sizes[lab]) - region["voxels"]))
-        if abs(int(sizes[best]) - region["voxels"]) <= 0.02 * region["voxels"] + 2:
-            out.append((np.array(lo), components[box] == best))
-    return out
-
-
-def errors_in_masks(errors: np.ndarray, placed: list) -> float:
-    covered = np.zeros(errors.shape, dtype=bool)
-    for lo, mask in placed:
-        view = covered[tuple(slice(a, a + n) for a, n in zip(lo, mask.shape))]
-        view |= mask
-    total = int(errors.sum())
-    return float((errors & covered).sum() / total) if total else float("nan")
-
-
-def shifted_masks(masks: list, shape, rng) -> list:
-    """The same region shapes at uniformly random positions fully inside the volume."""
-    out = []
-    for _lo, mask in masks:
-        start = [int(rng.integers(0, max(n - m, 0) + 1)) for n, m in zip(shape, mask.shape)]
-        out.append((np.array(start), mask))
-    return out
-
-
-def analyse_case(case_id, run_dir: Path, truth_dir: Path, regions: list, args, rng, threshold: float) -> dict:
-    from semisupseg.data.io import read_image, to_array
     from semisupseg.inference.regions import boundary_band
 
-    pred = to_array(read_image(run_dir / "predictions" / f"{case_id}.nii.gz")).astype(np.int64)
-    unc = to_array(read_image(run_dir / "uncertainty" / f"{case_id}.nii.gz")).astype(np.float32)
-    truth = to_array(read_image(truth_dir / f"{case_id}.nii.gz")).astype(np.int64)
-    errors = pred != truth
-    out = {"case": case_id, "voxels": int(errors.size), "error_voxels": int(errors.sum()), "error_rate": float(errors.mean()),
-           "auroc_entropy": bc.auroc(unc, errors)}
-    mi_path = run_dir / "mutual_information" / f"{case_id}.nii.gz"
-    if mi_path.exists():
-        out["auroc_mi"] = bc.auroc(to_array(read_image(mi_path)), errors)
-    pick = rng.choice(errors.size, size=min(args.pooled_voxels, errors.size), replace=False)
-    sample = (unc.ravel()[pick], errors.ravel()[pick])
-    boxes = top_boxes(regions, args.top)
-    out["regions"] = len(boxes)
-    if boxes:
-        covered = np.zeros(errors.shape, dtype=bool)
-        for lo, hi in boxes:
-            covered[tuple(slice(a, b + 1) for a, b in zip(lo, hi))] = True
-        out["box_volume_share"] = float(covered.mean())
-        out["errors_in_top_regions"] = bc.fraction_in_boxes(errors, boxes)
-        out["errors_in_random_boxes"] = float(np.mean(
-            [bc.fraction_in_boxes(errors, bc.random_boxes_like(boxes, errors.shape, rng)) for _ in range(args.draws)]))
-        masks = region_masks(unc, regions, threshold, args.top)
-        out["region_threshold"] = float(regions[0].get("threshold", threshold)) if regions else threshold
-        if masks:
-            out["region_voxel_share"] = float(sum(m.sum() for _, m in masks) / errors.size)
-            out["errors_in_top_region_voxels"] = errors_in_masks(errors, masks)
-            out["errors_in_shifted_region_voxels"] = float(np.mean(
-                [errors_in_masks(errors, shifted_masks(masks, errors.shape, rng)) for _ in range(args.draws)]))
-        band = np.argwhere(boundary_band(pred, 2))
-        if len(band):
-            out["errors_in_boundary_boxes"] = float(np.mean(
-                [bc.fraction_in_boxes(errors, boxes_around(band, boxes, errors.shape, rng)) for _ in range(args.draws)]))
-    return out, sample
+    edge = boundary_band(pred, 1)
+    if not edge.any():
+        return np.ones(pred.shape, dtype=bool)
+    return ndimage.distance_transform_edt(~edge, sampling=spacing) > FAR_MM
+
+
+class CasePredictor:
+    """The run's networks on one prepared case, with the sliding-window settings of the run."""
+
+    def __init__(self, method, config: dict, num_classes: int, device):
+        from semisupseg.config import sliding_window_overlap
+
+        self.method, self.config, self.num_classes, self.device = method, config, num_classes, device
+        self.overlap = sliding_window_overlap(config, device)
+
+    def __call__(self, networks, image, mc_samples: int):
+        from semisupseg.inference.sliding_window import predict_probabilities
+
+        return predict_probabilities(networks, image, tuple(self.config["patch_size"]), self.num_classes,
+                                     overlap=self.overlap, device=self.device,
+                                     sw_batch_size=int(self.config["sw_batch_size"]), mc_samples=mc_samples)
+
+
+def region_figures(regions, masks, errors, far, band_voxels, top: int, draws: int, rng) -> dict:
+    """Error capture of the top regions' boxes against boundary-random and anywhere-random boxes."""
+    boxes = top_boxes(regions, top)
+    out = {"regions": len(regions),
+           "max_extent_mm": max((max(r["extent_mm"]) for r in regions), default=0.0),
+           "targets_inside": int(sum(bool(m[tuple(np.array(r["center_voxel"]) - lo)])
+                                     for r, (lo, m) in zip(regions, masks))),
+           "targets_total": len(regions)}
+    if not boxes:
+        return out
+    covered = np.zeros(errors.shape, dtype=bool)
+    for lo, hi in boxes:
+        covered[tuple(slice(a, b + 1) for a, b in zip(lo, hi))] = True
+    out["box_volume_share"] = float(covered.mean())
+    out["errors_in_top"] = bc.fraction_in_boxes(errors, boxes)
+    out["far_errors_in_top"] = bc.fraction_in_boxes(far & errors, boxes)
+    out["errors_in_random"] = float(np.mean([bc.fraction_in_boxes(errors, bc.random_boxes_like(boxes, errors.shape, rng))
+                                             for _ in range(draws)]))
+    if len(band_voxels):
+        placed = [boxes_around(band_voxels, boxes, errors.shape, rng) for _ in range(draws)]
+        out["errors_in_boundary"] = float(np.mean([bc.fraction_in_boxes(errors, b) for b in placed]))
+        out["far_errors_in_boundary"] = float(np.mean([bc.fraction_in_boxes(far & errors, b) for b in placed]))
+    return out
+
+
+def analyse_case(prepared, truth: np.ndarray, predictor: CasePredictor, sources, region_cfg, args, rng):
+    """Per-source figures of one case, and the pooled-AUROC samples {source: (scores, errors, far)}."""
+    import time
+
+    import torch
+    from semisupseg.inference.predictor import maps_on_reference, uncertain_regions
+    from semisupseg.inference.regions import boundary_band
+    from semisupseg.inference.uncertainty_sources import error_probability, source_map
+
+    image = torch.from_numpy(np.ascontiguousarray(prepared.image))
+    reference = prepared.reference
+    pred = errors = far = band = pick = None
+    row, samples = {"case": prepared.id}, {}
+    for source in sources:
+        started = time.perf_counter()
+        value, probs = source_map(source, predictor.method, image, predictor, mc_samples=args.mc_samples)
+        value_ref = maps_on_reference(value[None].float(), prepared, renormalise=False)[0]
+        probs_ref = maps_on_reference(probs, prepared, renormalise=True)
+        seconds = time.perf_counter() - started
+        if pred is None:  # the first source fixes the plain prediction and its errors
+            pred = probs_ref.argmax(0).astype(np.int64)
+            errors = pred != truth
+            far = errors & far_from_boundary(pred, reference.GetSpacing())
+            band = np.argwhere(boundary_band(pred, 2))
+            pick = rng.choice(errors.size, size=min(args.pooled_voxels, errors.size), replace=False)
+            row.update(voxels=int(errors.size), error_voxels=int(errors.sum()), far_error_voxels=int(far.sum()))
+        # Regions rank by expected errors: 1 - max_c p_c for the entropy map (what the engine does),
+        # the map itself for the other sources.
+        wrong = error_probability(torch.from_numpy(probs_ref)).numpy() if source == "entropy" else value_ref
+        regions, masks = uncertain_regions(value_ref, pred, reference, region_cfg, wrong, return_masks=True)
+        figures = {"seconds": round(seconds, 2), "auroc": bc.auroc(value_ref, errors),
+                   "auroc_far": bc.auroc(value_ref, far) if far.any() else float("nan"),
+                   **region_figures(regions, masks, errors, far, band, args.top, args.draws, rng)}
+        row[source] = figures
+        samples[source] = (value_ref.ravel()[pick], errors.ravel()[pick], far.ravel()[pick])
+    return row, samples
+
+
+def pooled_share(rows, source: str, key: str, weight: str):
+    """Share pooled over cases, weighted by each case's count ``weight`` (e.g. error voxels)."""
+    pairs = [(r[source][key], r[weight]) for r in rows if key in r.get(source, {}) and r[weight] > 0
+             and np.isfinite(r[source][key])]
+    den = sum(w for _v, w in pairs)
+    return round(sum(v * w for v, w in pairs) / den, 4) if den else None
+
+
+def summary_record(source, rows, samples, args, common, device) -> dict:
+    scores = np.concatenate([s[source][0] for s in samples])
+    errors = np.concatenate([s[source][1] for s in samples])
+    far = np.concatenate([s[source][2] for s in samples])
+    top = pooled_share(rows, source, "errors_in_top", "error_voxels")
+    boundary = pooled_share(rows, source, "errors_in_boundary", "error_voxels")
+    return bc.record(
+        BENCHMARK, "sources", f"{common['run']}:{source}", device, source=source, **common,
+        auroc_pooled=round(bc.auroc(scores, errors), 4),
+        auroc_far_pooled=round(bc.auroc(scores, far), 4) if far.any() else None,
+        seconds_per_case=round(float(np.mean([r[source]["seconds"] for r in rows])), 2),
+        top_k=args.top,
+        box_volume_share=round(float(np.mean([r[source].get("box_volume_share", 0.0) for r in rows])), 4),
+        errors_in_top=top, errors_in_boundary_boxes=boundary,
+        errors_in_random_boxes=pooled_share(rows, source, "errors_in_random", "error_voxels"),
+        top_over_boundary=round(top / boundary, 3) if top is not None and boundary else None,
+        far_errors_in_top=pooled_share(rows, source, "far_errors_in_top", "far_error_voxels"),
+        far_errors_in_boundary_boxes=pooled_share(rows, source, "far_errors_in_boundary", "far_error_voxels"),
+        max_region_extent_mm=round(max(r[source]["max_extent_mm"] for r in rows), 2),
+        regions_per_case_min=min(r[source]["regions"] for r in rows),
+        targets_inside=f"{sum(r[source]['targets_inside'] for r in rows)}/{sum(r[source]['targets_total'] for r in rows)}",
+        draws=args.draws, pooled_voxels_per_case=args.pooled_voxels,
+    )
 
 
 def main(argv=None) -> int:
+    from semisupseg.inference.uncertainty_sources import SOURCES
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", type=Path, help="a run folder (default: the DyCON run of bench_la.py)")
     p.add_argument("--iterations", type=int, default=bench_la.CPU_SETTING["iterations"],
-                   help="iterations of the DyCON run trained here when bench_la.py has left none "
-                        "(default: bench_la's CPU default)")
+                   help="iterations of the DyCON run trained here when bench_la.py has left none")
     p.add_argument("--threads", type=int, help="OMP_NUM_THREADS for the fallback training run")
+    p.add_argument("--sources", default=",".join(SOURCES), help=f"comma-separated, from {','.join(SOURCES)}")
+    p.add_argument("--mc-samples", type=int, default=4, help="MC-dropout passes for mutual_information (default 4)")
     p.add_argument("--top", type=int, default=5, help="regions per case (default 5)")
     p.add_argument("--draws", type=int, default=20, help="random box placements per case (default 20)")
     p.add_argument("--pooled-voxels", type=int, default=250_000, help="voxels per case in the pooled AUROC")
-    p.add_argument("--repredict", action="store_true",
-                   help="first re-run `semisupseg predict` on the held-out cases (maps and regions.json from the "
-                        "current engine; regions.json then lists only those cases)")
+    p.add_argument("--cases", type=int, help="only the first N held-out cases")
+    p.add_argument("--truth", type=Path, help="folder of <case>.nii.gz ground truth (default: the cases' own labels)")
     p.add_argument("--quick", action="store_true", help="3 held-out cases, 5 draws")
     args = p.parse_args(argv)
     if args.quick:
-        args.draws = 5
+        args.draws, args.cases = 5, 3
     root = bc.la_root()
     device = bc.resolve_device("auto")
     if root is None and args.run is None:
         bc.emit(bc.record(BENCHMARK, "status", "skipped", device, status="skipped: LA2018 folder absent"))
         return 0
-    workspace = bc.la_workspace(root) if root is not None else None
-    run_dir = args.run or find_run(workspace)
+    run_dir = args.run or find_run(bc.la_workspace(root))
     if run_dir is None:
         bc.log("no finished DyCON run of bench_la.py: training a short one")
-        run_dir = train_short_run(workspace, 4 if args.quick else args.iterations, args.threads)
+        run_dir = train_short_run(bc.la_workspace(root), 4 if args.quick else args.iterations, args.threads)
     run_dir = Path(run_dir).resolve()
-    config = json.loads((run_dir / "config.json").read_text())
-    from semisupseg.data.dataset import load_dataset
+
+    from semisupseg.data.io import read_image, to_array
+    from semisupseg.data.preprocess import prepare_case
+    from semisupseg.inference.run_loader import load_run
     from semisupseg.training.case_split import split_cases
 
-    spec = load_dataset(run_dir.parent.parent)
-    held = [c.id for c in split_cases(spec, config["split"]).held_out]
-    if args.quick:
-        held = held[:3]
-    if args.repredict:
-        import subprocess
-
-        command = bc.semisupseg_command() + ["predict", "--run", str(run_dir), "--cases", *held]
-        bc.log(f"re-predicting {len(held)} held-out cases of {run_dir.name}")
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-    truth_dir = (root / "labelsTr") if root is not None else run_dir.parent.parent / "labelsTr"
-    regions = json.loads((run_dir / "regions.json").read_text())
+    method, config, spec, torch_device = load_run(run_dir)
+    predictor = CasePredictor(method, config, spec.num_classes, torch_device)
+    sources = [s for s in args.sources.split(",") if s]
+    held = split_cases(spec, config["split"]).held_out[: args.cases]
     rng = np.random.default_rng(0)
-    rows, scores, labels = [], [], []
-    for case_id in held:
-        row, (s, y) = analyse_case(case_id, run_dir, truth_dir, regions["cases"].get(case_id, []), args, rng,
-                                   float(config["regions"]["threshold"]))
+    rows, samples = [], []
+    for case in held:
+        prepared = prepare_case(case, spec.modality, target_spacing=config["target_spacing"], with_label=False)
+        truth_path = args.truth / f"{case.id}.nii.gz" if args.truth else case.label
+        truth = to_array(read_image(truth_path)).astype(np.int64)
+        row, sample = analyse_case(prepared, truth, predictor, sources, config["regions"], args, rng)
         rows.append(row)
-        scores.append(s)
-        labels.append(y)
-        bc.log(f"{case_id}: AUROC {row['auroc_entropy']:.3f}, errors in top-{args.top} "
-               f"{row.get('errors_in_top_regions', float('nan')):.3f} vs random {row.get('errors_in_random_boxes', float('nan')):.3f}")
-    method = config["method"]
-    common = {"run": run_dir.name, "method": method, "iterations": config["iterations"], "cases": len(rows)}
-    per_case = bc.BENCH_DIR / "uncertainty_errors" / f"{run_dir.name}.json"
+        samples.append(sample)
+        bc.log(f"{case.id}: " + "; ".join(
+            f"{s} AUROC {row[s]['auroc']:.3f} top {row[s].get('errors_in_top', float('nan')):.3f} "
+            f"bnd {row[s].get('errors_in_boundary', float('nan')):.3f} ({row[s]['seconds']:.0f} s)" for s in sources))
+    common = {"run": run_dir.name, "method": config["method"], "iterations": config["iterations"], "cases": len(rows)}
+    per_case = bc.BENCH_DIR / "uncertainty_errors" / f"{run_dir.name}-sources.json"
     per_case.parent.mkdir(parents=True, exist_ok=True)
-    per_case.write_text(json.dumps(rows, indent=1))  # per-case figures stay out of the docs table
+    per_case.write_text(json.dumps(rows, indent=1, default=float))  # per-case figures stay out of the docs table
     bc.log(f"per-case figures: {per_case}")
-    total_errors = sum(r["error_voxels"] for r in rows)
-    with_regions = [r for r in rows if "errors_in_top_regions" in r]
-
-    def pooled(key):
-        # error-weighted: the share of all held-out error voxels captured
-        num = sum(r[key] * r["error_voxels"] for r in with_regions if key in r)
-        den = sum(r["error_voxels"] for r in with_regions if key in r)
-        return round(num / den, 4) if den else None
-
-    bc.emit(bc.record(
-        BENCHMARK, "summary", run_dir.name, device, **common,
-        auroc_entropy_pooled=round(bc.auroc(np.concatenate(scores), np.concatenate(labels)), 4),
-        auroc_entropy_case_mean=round(float(np.nanmean([r["auroc_entropy"] for r in rows])), 4),
-        auroc_entropy_case_min=round(float(np.nanmin([r["auroc_entropy"] for r in rows])), 4),
-        error_rate=round(total_errors / sum(r["voxels"] for r in rows), 5),
-        top_k=args.top, cases_with_regions=len(with_regions),
-        box_volume_share=round(float(np.mean([r["box_volume_share"] for r in with_regions])), 4) if with_regions else None,
-        errors_in_top_regions=pooled("errors_in_top_regions"),
-        errors_in_random_boxes=pooled("errors_in_random_boxes"),
-        errors_in_boundary_boxes=pooled("errors_in_boundary_boxes"),
-        cases_with_region_masks=sum(1 for r in with_regions if "region_voxel_share" in r),
-        region_voxel_share=round(float(np.nanmean([r.get("region_voxel_share", np.nan) for r in with_regions])), 4)
-        if any("region_voxel_share" in r for r in with_regions) else None,
-        errors_in_top_region_voxels=pooled("errors_in_top_region_voxels"),
-        errors_in_shifted_region_voxels=pooled("errors_in_shifted_region_voxels"),
-        draws=args.draws, pooled_voxels_per_case=args.pooled_voxels,
-        per_case=str(per_case.relative_to(bc.REPO)),
-    ))
+    for source in sources:
+        bc.emit(summary_record(source, rows, samples, args, {**common, "per_case": str(per_case.relative_to(bc.REPO))},
+                               device))
     return 0
 
 

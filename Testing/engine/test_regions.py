@@ -84,14 +84,17 @@ def test_regions_count_order_and_fields(blobs, reference):
 def test_centres_are_physical_lps_points(blobs, reference):
     regions = find_uncertain_regions(blobs, np.zeros(SHAPE, np.uint8), reference)
     a, b, c = regions
-    # B's uncertainty-weighted centroid along x: (15*.6 + 16*.7 + 17*.8 + 18*.9) / 3.0 = 50 / 3
-    expected_index = {"a": (4.0, 4.0, 4.0), "b": (50 / 3, 3.5, 3.5), "c": (31.0, 16.0, 7.0)}
-    for region, key in zip(regions, "abc"):
-        lps = physical(expected_index[key])
+    # A and C are uniform: the density plateau's voxel nearest the centroid is their middle voxel.
+    assert a["center_voxel"] == [4, 4, 4]
+    assert c["center_voxel"] == [31, 16, 7]
+    # B rises along x (0.6 .. 0.9): the target lies in B, on a voxel at least as hot as B's mean.
+    i, j, k = b["center_voxel"]
+    assert 15 <= i <= 18 and 2 <= j <= 5 and 2 <= k <= 5
+    assert blobs[i, j, k] >= 0.75 and b["center_uncertainty"] == pytest.approx(float(blobs[i, j, k]))
+    for region in regions:
+        lps = physical(region["center_voxel"])
         assert region["center_lps_mm"] == pytest.approx(lps.tolist(), abs=1e-6)
         assert region["center_ras_mm"] == pytest.approx([-lps[0], -lps[1], lps[2]], abs=1e-6)
-    assert b["center_voxel"] == [17, 4, 4]
-    assert c["center_voxel"] == [31, 16, 7]
     # A's box spans the outer faces of its voxels: index 1.5 .. 6.5 on every axis.
     ends = (1.5, 6.5)
     corners = np.array([physical([i, j, k]) for i in ends for j in ends for k in ends])
@@ -209,3 +212,62 @@ def test_uncertain_regions_fall_back_until_a_region_is_found():
     cfg = {"threshold": 0.5, "max_fraction": 0.02, "min_volume_mm3": 20.0, "max_regions": 5, "boundary_weight": 2.0}
     regions = uncertain_regions(u, labels, reference, cfg)
     assert regions and regions[0]["threshold"] < 0.99
+
+
+def _shell(shape, centre, radius, thickness=1.5):
+    """Boolean spherical shell |r - radius| <= thickness / 2 (voxel units)."""
+    grid = np.indices(shape).astype(np.float64)
+    r = np.sqrt(sum((g - c) ** 2 for g, c in zip(grid, centre)))
+    return np.abs(r - radius) <= thickness / 2, r
+
+
+def test_a_large_shell_is_cut_into_places_with_targets_inside():
+    """The LA finding in miniature: a thin uncertain shell 60 mm across around a predicted sphere.
+
+    Every region must fit 40 mm per image axis, every target must be a voxel of its region
+    where u is above the threshold, and the pieces must cover the shell without overlap.
+    """
+    shape = (64, 64, 32)
+    spacing = (1.0, 1.0, 2.0)
+    reference = sitk.Image(list(shape), sitk.sitkFloat32)
+    reference.SetSpacing(spacing)
+    shell, r = _shell(shape, (32, 32, 16), 15.0)
+    # Anisotropic: along z the grid is coarser, so the physical shell is an ellipsoid 60 x 60 x 60 mm.
+    u = np.where(shell, 0.7, 0.0).astype(np.float32)
+    labels = (r < 15).astype(np.uint8)
+    regions, masks = find_uncertain_regions(u, labels, reference, threshold=0.5, min_volume_mm3=0.0,
+                                            max_regions=1000, return_masks=True)
+    assert len(regions) >= 5
+    covered = np.zeros(shape, np.int32)
+    for region, (lo, mask) in zip(regions, masks):
+        assert max(region["extent_mm"]) <= 40.0
+        hi = np.array(region["bbox_voxels"]["max"])
+        assert np.array_equal(hi - lo + 1, mask.shape)
+        target = np.array(region["center_voxel"])
+        assert np.all(target >= lo) and np.all(target <= hi) and mask[tuple(target - lo)]
+        assert u[tuple(target)] > 0.5
+        covered[tuple(slice(a, b + 1) for a, b in zip(lo, hi))] += mask
+    assert covered.max() == 1 and np.array_equal(covered > 0, shell)
+
+
+def test_a_thick_uncertain_patch_outranks_the_thin_shell():
+    """Expected errors: a thick confused zone on the shell holds more error than an equal-length thin stretch."""
+    shape = (64, 64, 32)
+    reference = sitk.Image(list(shape), sitk.sitkFloat32)
+    reference.SetSpacing((1.0, 1.0, 2.0))
+    shell, r = _shell(shape, (32, 32, 16), 15.0)
+    u = np.where(shell, 0.7, 0.0).astype(np.float32)
+    thick = (np.abs(r - 15.0) <= 4.0) & (np.indices(shape)[0] > 44)  # the +x cap, 8 voxels thick
+    u[thick] = 0.9
+    regions = find_uncertain_regions(u, (r < 15).astype(np.uint8), reference, threshold=0.5, min_volume_mm3=0.0)
+    top = regions[0]
+    assert top["center_voxel"][0] > 44 and u[tuple(top["center_voxel"])] == pytest.approx(0.9)
+    assert top["expected_errors"] > 2 * regions[-1]["expected_errors"]
+
+
+def test_error_probability_sets_the_score(blobs, reference):
+    q = np.where(blobs > 0, 0.1, 0.0).astype(np.float32)
+    q[30:33, 15:18, 6:9] = 0.5  # C: 27 voxels at 0.5 -> 13.5; A: 125 x 0.1 = 12.5; B: 64 x 0.1 = 6.4
+    regions = find_uncertain_regions(blobs, np.zeros(SHAPE, np.uint8), reference, error_probability=q)
+    assert [r["voxels"] for r in regions] == [27, 125, 64]
+    assert regions[0]["score"] == pytest.approx(13.5) and regions[0]["expected_errors"] == pytest.approx(13.5)

@@ -88,7 +88,8 @@ def predict_cases(
             outputs = write_case_maps(run_dir, prepared, labelmap, entropy, mutual_info)
             score = float(case_score(entropy, labelmap, num_classes))
             scores[prepared.id] = score
-            regions[prepared.id] = uncertain_regions(entropy, labelmap, prepared.reference, region_cfg)
+            wrong = (1.0 - probs_ref.max(axis=0)).astype(np.float32)  # expected-error estimate per voxel
+            regions[prepared.id] = uncertain_regions(entropy, labelmap, prepared.reference, region_cfg, wrong)
             events.emit(
                 "prediction",
                 case=prepared.id,
@@ -130,24 +131,34 @@ def region_thresholds(uncertainty: np.ndarray, region_cfg: dict) -> list:
     return list(dict.fromkeys(thresholds))  # in order, without repeats
 
 
-def uncertain_regions(uncertainty: np.ndarray, labelmap: np.ndarray, reference, region_cfg: dict) -> list:
-    """Ranked regions at the strictest threshold that yields any (see ``region_thresholds``)."""
-    regions = []
+def uncertain_regions(uncertainty: np.ndarray, labelmap: np.ndarray, reference, region_cfg: dict,
+                      error_probability: Optional[np.ndarray] = None, return_masks: bool = False):
+    """Ranked regions at the strictest threshold that yields any (see ``region_thresholds``).
+
+    ``error_probability`` (e.g. 1 - max_c p_c) ranks the regions by expected errors; None ranks
+    by the map itself. With ``return_masks``: (regions, [(lo, mask)]) as ``find_uncertain_regions``.
+    """
+    found = ([], []) if return_masks else []
     for threshold in region_thresholds(uncertainty, region_cfg):
-        regions = find_uncertain_regions(
+        found = find_uncertain_regions(
             uncertainty,
             labelmap,
             reference,
             threshold=threshold,
             min_volume_mm3=region_cfg["min_volume_mm3"],
             max_regions=region_cfg["max_regions"],
-            boundary_weight=region_cfg["boundary_weight"],
+            boundary_weight=region_cfg.get("boundary_weight", 0.0),
+            max_extent_mm=region_cfg.get("max_extent_mm", 40.0),
+            density_mm=region_cfg.get("density_mm", 6.0),
+            error_probability=error_probability,
+            return_masks=return_masks,
         )
+        regions = found[0] if return_masks else found
         if regions:
             for region in regions:
                 region["threshold"] = round(threshold, 6)
             break
-    return regions
+    return found
 
 
 def write_case_maps(run_dir: Path, prepared, labelmap: np.ndarray, entropy: np.ndarray, mutual_info) -> dict:

@@ -1,25 +1,43 @@
-"""Uncertain regions: where an annotator should look next, ranked, with centres in millimetres.
+"""Uncertain regions: places an annotator can go to, ranked by the error they are expected to hold.
+
+Found on real LA data: at a threshold, the uncertain voxels of a trained model form one thin shell
+around the whole predicted structure (80-115 mm across); its centroid lies inside the structure,
+where the map is cold. So a region here is a *place*: a piece of that shell small enough to look
+at and correct in one go.
 
 Steps (``find_uncertain_regions``):
-1. Threshold the normalised uncertainty map (entropy / ln C in [0, 1]) at ``threshold``.
-2. 3D connected components with full 26-connectivity (``scipy.ndimage.label`` with a 3x3x3
-   structure): diagonal neighbours join, so a thin oblique band of uncertainty along an organ
-   surface stays one region instead of breaking into voxel-sized pieces.
-3. Components smaller than ``min_volume_mm3`` are dropped (not merged: a speck is noise, and
-   merging it into a neighbour would shift that neighbour's centre).
-4. Score = sum over the region's voxels of u(v) * w(v), with
-       w(v) = (1 + boundary_weight * [v near the predicted boundary]) * class_weight[pred(v)]
-   "Near the boundary" means the (2 * boundary_width + 1)^3 cube around v holds more than one
-   predicted label: errors concentrate on boundaries, and correcting there changes the
-   segmentation most. The default class weight is inverse frequency of the predicted classes,
-   n_background / n_c, clipped to [1, max_class_weight]: without it the uncertainty of a large
-   organ or of the background would always outrank a small structure whose few voxels matter
-   more to its Dice (and to the annotator).
+1. Threshold the map ``u`` (in [0, 1]) at ``threshold``; 3D connected components with full
+   26-connectivity (a thin oblique band stays one component); components smaller than
+   ``min_volume_mm3`` are dropped (a speck is noise).
+2. Places: a component whose extent along every image axis is at most ``max_extent_mm`` is one
+   region. A larger one (a shell, a sprawling blob) is cut into pieces: its voxels are visited in
+   descending order of the local error density ``d = box_mean(q * mask)`` (a moving average over
+   ``density_mm`` per axis); the first unvisited voxel is a seed, and the piece is every
+   unvisited voxel of the component inside the box of side ``max_extent_mm`` centred on the seed.
+   Pieces therefore fit the box, start where the uncertain mass is densest, and never overlap.
+   Pieces under ``min_volume_mm3`` (slivers at box edges) are dropped.
+3. Expected error: ``q(v)`` estimates the probability that voxel v is wrong. With the
+   prediction's probabilities it is ``1 - max_c p_c(v)`` (the chance the predicted class is not
+   the true one, for a calibrated model); without them, ``u`` itself. A region's score is
+       score = sum_{v in region} q(v) * w(v),
+       w(v)  = (1 + boundary_weight * [v near the predicted boundary]) * class_weight[pred(v)]
+   i.e. the expected number of wrong voxels, weighted by class: the default class weight is
+   inverse frequency of the predicted classes, n_background / n_c clipped to
+   [1, max_class_weight], so a small structure's errors are not outranked by a large organ's.
+   ``boundary_weight`` (0 by default since the LA finding: the boundary band holds the
+   uncertainty of every prediction, right or wrong) can favour voxels within
+   ``boundary_width`` voxels of a predicted label change.
+4. Jump target (``center_voxel``, ``center_lps_mm``, ``center_ras_mm``): the region's voxel of
+   highest local density ``d`` (for a cut piece, its seed). It lies in the region, where the
+   uncertainty is concentrated: not a centroid, which for a shell is empty space. The slice
+   views centred there show the region's most uncertain part.
 5. Rank by score, descending; keep ``max_regions``.
 
 Coordinates: SimpleITK physical coordinates are LPS (x grows to the patient's Left, y to
 Posterior, z to Superior). Each region reports LPS and RAS (3D Slicer's world frame: x and y
-negated) centres in mm, and its voxel index (i, j, k) in the engine's (x, y, z) axis order.
+negated) points in mm, and voxel indices (i, j, k) in the engine's (x, y, z) axis order.
+``extent_mm`` is the region's size along the image axes (at most ``max_extent_mm`` each);
+``bbox_mm`` is its axis-aligned LPS box (larger than ``extent_mm`` on an oblique grid).
 """
 
 from __future__ import annotations
@@ -40,6 +58,7 @@ from ..errors import InputError
 __all__ = [
     "boundary_band",
     "default_class_weights",
+    "error_density",
     "find_uncertain_regions",
     "write_regions_json",
     "read_regions_json",
@@ -107,29 +126,29 @@ def _bbox_mm(reference: sitk.Image, lo: np.ndarray, hi: np.ndarray) -> dict[str,
     return {"min": corners.min(axis=0).tolist(), "max": corners.max(axis=0).tolist()}
 
 
-def _describe(component, offset, u_local, lab_local, band_local, weighting, reference, voxel_mm3):
-    """The region dict of one component (``component`` is its mask inside its bounding slice).
-
-    weighting = (boundary_weight, class-weight lookup); weights are computed only here, on the
-    component's voxels, so no full-volume float array is needed.
-    """
-    boundary_weight, class_lookup = weighting
-    idx = np.argwhere(component) + offset  # (N, 3) global voxel indices (i, j, k)
-    u = u_local[component].astype(np.float64)
-    labels = lab_local[component]
-    in_band = band_local[component]
-    w = (1.0 + boundary_weight * in_band) * class_lookup[labels]
-    weights = u if u.sum() > 0 else np.ones_like(u)
-    centre_index = (idx * weights[:, None]).sum(axis=0) / weights.sum()
-    lps = _physical(reference, centre_index)
-    lo, hi = idx.min(axis=0), idx.max(axis=0)
+def _describe(piece: "_Piece", maps: "_Maps", reference, voxel_mm3: float, spacing: np.ndarray) -> dict:
+    """The region dict of one piece (its mask inside its bounding box at ``piece.lo``)."""
+    box = tuple(slice(a, b + 1) for a, b in zip(piece.lo, piece.hi))
+    mask = piece.mask
+    idx = np.argwhere(mask) + piece.lo  # (N, 3) global voxel indices (i, j, k)
+    u = maps.u[box][mask].astype(np.float64)
+    q = maps.q[box][mask].astype(np.float64)
+    labels = maps.labels[box][mask]
+    in_band = maps.band[box][mask]
+    w = (1.0 + maps.boundary_weight * in_band) * maps.class_lookup[labels]
+    target = piece.target
+    lps = _physical(reference, target)
+    lo, hi = piece.lo, piece.hi
     return {
-        "score": float((u * w).sum()),
+        "score": float((q * w).sum()),
+        "expected_errors": float(q.sum()),
         "center_lps_mm": lps,
         "center_ras_mm": [-lps[0], -lps[1], lps[2]],
-        "center_voxel": [int(v) for v in np.clip(np.rint(centre_index), lo, hi)],
+        "center_voxel": [int(v) for v in target],
+        "center_uncertainty": float(maps.u[tuple(target)]),
         "bbox_voxels": {"min": lo.tolist(), "max": hi.tolist()},
         "bbox_mm": _bbox_mm(reference, lo, hi),
+        "extent_mm": [float(v) for v in (hi - lo + 1) * spacing],
         "volume_ml": float(len(idx) * voxel_mm3 / 1000.0),
         "voxels": int(len(idx)),
         "mean_uncertainty": float(u.mean()),
@@ -139,6 +158,103 @@ def _describe(component, offset, u_local, lab_local, band_local, weighting, refe
     }
 
 
+class _Maps:
+    """The per-voxel arrays every region reads: u, q, labels, boundary band, weights, density."""
+
+    def __init__(self, u, q, labels, band, boundary_weight, class_lookup, density):
+        self.u, self.q, self.labels, self.band = u, q, labels, band
+        self.boundary_weight, self.class_lookup, self.density = boundary_weight, class_lookup, density
+
+
+class _Piece:
+    """One region's voxels: ``mask`` (bool, box-shaped) placed at inclusive box ``lo``..``hi``."""
+
+    def __init__(self, lo: np.ndarray, mask: np.ndarray, target: np.ndarray):
+        coords = np.argwhere(mask)
+        self.lo = lo + coords.min(axis=0)
+        self.hi = lo + coords.max(axis=0)
+        inner = tuple(slice(a, b + 1) for a, b in zip(coords.min(axis=0), coords.max(axis=0)))
+        self.mask = mask[inner]
+        self.target = np.asarray(target, dtype=np.int64)
+
+
+def _box_voxels(spacing: np.ndarray, size_mm: float) -> np.ndarray:
+    """Odd box side in voxels per axis whose extent is at most ``size_mm`` (at least 1 voxel)."""
+    side = np.floor(float(size_mm) / spacing).astype(np.int64)
+    side = np.maximum(side - (side % 2 == 0), 1)  # odd, so a seed sits in the middle
+    return side
+
+
+def _densest(density_local: np.ndarray, mask: np.ndarray, weights_local: np.ndarray) -> np.ndarray:
+    """Index (in the local box) of the mask voxel with the highest density.
+
+    Ties (a uniform blob has a plateau of equal densities) go to the voxel nearest the region's
+    ``weights``-weighted centroid, so a compact blob's target is its middle.
+    """
+    coords = np.argwhere(mask)
+    values = density_local[mask].astype(np.float64)
+    top = values >= values.max() - 1e-6 * max(abs(values.max()), 1e-12)
+    w = weights_local[mask].astype(np.float64)
+    centroid = (coords * w[:, None]).sum(axis=0) / w.sum() if w.sum() > 0 else coords.mean(axis=0)
+    candidates = coords[top]
+    return candidates[int(np.argmin(((candidates - centroid) ** 2).sum(axis=1)))]
+
+
+def _split_component(component: np.ndarray, lo: np.ndarray, density_local: np.ndarray, half: np.ndarray,
+                     min_voxels: int) -> list:
+    """Cut one component (bool mask in its box at ``lo``) into pieces of at most 2 * half + 1 voxels per axis.
+
+    Seeds are visited in descending density; each takes every unvisited component voxel within
+    ``half`` voxels of it (chessboard per axis). Returns [_Piece] (pieces under ``min_voxels`` dropped).
+    """
+    remaining = component.copy()
+    coords = np.argwhere(component)
+    order = np.argsort(-density_local[component], kind="stable")
+    pieces = []
+    for seed in coords[order]:
+        if not remaining[tuple(seed)]:
+            continue
+        start = np.maximum(seed - half, 0)
+        stop = np.minimum(seed + half + 1, component.shape)
+        window = tuple(slice(a, b) for a, b in zip(start, stop))
+        taken = remaining[window].copy()
+        remaining[window] = False
+        if taken.sum() >= min_voxels:
+            pieces.append(_Piece(lo + start, taken, lo + seed))
+    return pieces
+
+
+def _places(components: np.ndarray, maps: _Maps, spacing: np.ndarray, max_extent_mm: float, min_voxels: int) -> list:
+    """Every region as a _Piece: whole components that fit the box, pieces of those that do not."""
+    side = _box_voxels(spacing, max_extent_mm)
+    half = (side - 1) // 2
+    pieces = []
+    for label_id, box in enumerate(ndimage.find_objects(components), start=1):
+        if box is None:
+            continue
+        component = components[box] == label_id
+        if component.sum() < min_voxels:
+            continue
+        lo = np.array([s.start for s in box])
+        extent = np.array(component.shape)
+        if np.all(extent <= side):
+            target = lo + _densest(maps.density[box], component, maps.u[box])
+            pieces.append(_Piece(lo, component, target))
+        else:
+            pieces.extend(_split_component(component, lo, maps.density[box], half, min_voxels))
+    return pieces
+
+
+def error_density(q: np.ndarray, mask: np.ndarray, spacing: np.ndarray, density_mm: float) -> np.ndarray:
+    """Moving average of ``q`` over the uncertain voxels in a box of about ``density_mm`` per axis.
+
+    float32 (x, y, z). Where the uncertain mass is thick (an organ part the model is confused
+    about) it is high; along a thin shell that merely outlines the prediction it stays low.
+    """
+    size = [max(1, int(round(density_mm / s))) for s in spacing]
+    return ndimage.uniform_filter(np.where(mask, q, 0.0).astype(np.float32), size=size, mode="constant")
+
+
 def find_uncertain_regions(
     uncertainty: np.ndarray,
     labelmap: np.ndarray,
@@ -146,32 +262,42 @@ def find_uncertain_regions(
     threshold: float = 0.5,
     min_volume_mm3: float = 20.0,
     max_regions: int = 50,
-    boundary_weight: float = 2.0,
+    boundary_weight: float = 0.0,
     class_weights: dict[int, float] | None = None,
     boundary_width: int = 2,
     max_class_weight: float = 10.0,
-) -> list[dict]:
-    """Ranked connected regions of high uncertainty (see the module docstring for the method).
+    max_extent_mm: float = 40.0,
+    density_mm: float = 6.0,
+    error_probability: np.ndarray | None = None,
+    return_masks: bool = False,
+):
+    """Ranked uncertain places (see the module docstring for the method).
 
     Args:
-        uncertainty: (x, y, z) float in [0, 1] (normalised entropy or mutual information).
+        uncertainty: (x, y, z) float in [0, 1] (normalised entropy or another source's map).
         labelmap: (x, y, z) int predicted labels in [0, C), same shape.
         reference: image whose geometry (spacing, origin, direction) the arrays live on; its
             size must be the arrays' shape.
         threshold: voxels with u > threshold form regions.
-        min_volume_mm3: smaller components are dropped.
+        min_volume_mm3: smaller components and pieces are dropped.
         max_regions: at most this many regions are returned (the best scored).
         boundary_weight: extra weight for voxels within ``boundary_width`` voxels of a
             predicted label change (0 turns it off).
         class_weights: {class: weight} by predicted class; classes not listed weigh 1.
             None -> ``default_class_weights(labelmap, max_class_weight)``.
+        max_extent_mm: a region's largest size along each image axis (larger components are cut).
+        density_mm: side of the moving average that orders seeds and picks the jump target.
+        error_probability: (x, y, z) q in [0, 1], the chance each voxel is wrong (e.g.
+            1 - max_c p_c); None -> ``uncertainty``.
+        return_masks: also return each region's voxel mask [(lo (3,), bool box-shaped mask)].
 
     Returns:
-        list of dicts, best first: rank (1-based), score, center_lps_mm [x, y, z] (the
-        uncertainty-weighted centroid, LPS mm), center_ras_mm, center_voxel [i, j, k] (rounded
-        centroid, clipped to the bounding box), bbox_voxels {"min", "max"} inclusive indices,
-        bbox_mm {"min", "max"} LPS mm, volume_ml, voxels, mean_uncertainty, sum_uncertainty,
-        predicted_class (majority label inside), boundary_fraction.
+        list of dicts, best first: rank (1-based), score (class-weighted expected errors),
+        expected_errors (sum of q), center_lps_mm, center_ras_mm, center_voxel [i, j, k] (the
+        jump target, inside the region), center_uncertainty, bbox_voxels {"min", "max"}
+        inclusive indices, bbox_mm {"min", "max"} LPS mm, extent_mm (per image axis), volume_ml,
+        voxels, mean_uncertainty, sum_uncertainty, predicted_class (majority label inside),
+        boundary_fraction. With ``return_masks``: (regions, masks) in the same order.
     """
     u = np.asarray(uncertainty, dtype=np.float32)
     lab = np.asarray(labelmap).astype(np.int64)
@@ -181,26 +307,29 @@ def find_uncertain_regions(
         raise ValueError("labelmap has negative labels; expected values in [0, C)")
     if tuple(reference.GetSize()) != u.shape:
         raise ValueError(f"reference image size {reference.GetSize()} differs from the map shape {u.shape}")
-    voxel_mm3 = float(np.prod(reference.GetSpacing()))
-    band = boundary_band(lab, boundary_width)
+    q = u if error_probability is None else np.asarray(error_probability, dtype=np.float32)
+    if q.shape != u.shape:
+        raise ValueError(f"error_probability {q.shape} must have the map's shape {u.shape}")
+    spacing = np.array(reference.GetSpacing(), dtype=np.float64)
+    voxel_mm3 = float(np.prod(spacing))
     if class_weights is None:
         class_weights = default_class_weights(lab, max_class_weight)
-    weighting = (float(boundary_weight), _class_weight_lookup(int(lab.max()) + 1, class_weights))
-    components, _count = ndimage.label(u > threshold, structure=_FULL_CONNECTIVITY)
-    regions = []
-    for label_id, box in enumerate(ndimage.find_objects(components), start=1):
-        if box is None:
-            continue
-        component = components[box] == label_id
-        if component.sum() * voxel_mm3 < min_volume_mm3:
-            continue
-        offset = np.array([s.start for s in box])
-        regions.append(
-            _describe(component, offset, u[box], lab[box], band[box], weighting, reference, voxel_mm3)
-        )
-    regions.sort(key=lambda r: r["score"], reverse=True)
-    regions = regions[: max(0, int(max_regions))]
-    return [{"rank": rank, **region} for rank, region in enumerate(regions, start=1)]
+    mask = u > threshold
+    maps = _Maps(
+        u, q, lab, boundary_band(lab, boundary_width), float(boundary_weight),
+        _class_weight_lookup(int(lab.max()) + 1 if lab.size else 1, class_weights),
+        error_density(q, mask, spacing, density_mm),
+    )
+    components, _count = ndimage.label(mask, structure=_FULL_CONNECTIVITY)
+    min_voxels = max(1, int(math.ceil(float(min_volume_mm3) / voxel_mm3 - 1e-9)))
+    pieces = _places(components, maps, spacing, max_extent_mm, min_voxels)
+    described = [(_describe(p, maps, reference, voxel_mm3, spacing), p) for p in pieces]
+    described.sort(key=lambda pair: pair[0]["score"], reverse=True)
+    described = described[: max(0, int(max_regions))]
+    regions = [{"rank": rank, **region} for rank, (region, _p) in enumerate(described, start=1)]
+    if return_masks:
+        return regions, [(p.lo, p.mask) for _r, p in described]
+    return regions
 
 
 def _finite(value):
