@@ -109,6 +109,7 @@ class SemiSupSegParameterNode:
     patchX, patchY, patchZ - training patch (x, y, z) in voxels, multiples of 16; all 0 = automatic.
     predictEvery - iterations between intermediate predictions; 0 = only at the end.
     showUncertainty, uncertaintyOpacity - the entropy heat overlay in the slice views.
+    trainFromScratch - Train again starts from random weights instead of the last run's final weights.
     currentCase, currentRegionIndex - what the Review section shows (-1 = no region visited yet).
     lastRunId - the run whose results are shown and navigated.
     exportFormat, exportDir, exportOverwrite - the Export section.
@@ -126,6 +127,7 @@ class SemiSupSegParameterNode:
     patchY: Annotated[int, WithinRange(0, 1024)] = 0
     patchZ: Annotated[int, WithinRange(0, 1024)] = 0
     predictEvery: Annotated[int, WithinRange(0, 1_000_000)] = 1000
+    trainFromScratch: bool = False
     showUncertainty: bool = True
     uncertaintyOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.4
     currentCase: vtkMRMLScalarVolumeNode
@@ -208,6 +210,20 @@ def regionText(index: int, regions: list) -> str:
     if region.get("mean_uncertainty") is not None:
         details.append(_("mean uncertainty {value:.2f}").format(value=float(region["mean_uncertainty"])))
     return text + (": " + ", ".join(details) if details else "")
+
+
+def caseStateText(labelled: bool, reviewedRegions: int, hasResult: bool, newerPredictionWaiting: bool) -> str:
+    """The case table's state column: "labelled", "3 regions reviewed", "predicted" or "unlabelled",
+    plus "newer prediction waiting" when one was kept back from an edited prediction."""
+    if labelled:
+        text = _("labelled")
+    elif reviewedRegions:
+        text = _("{count} regions reviewed").format(count=reviewedRegions) if reviewedRegions != 1 else _("1 region reviewed")
+    else:
+        text = _("predicted") if hasResult else _("unlabelled")
+    if newerPredictionWaiting:
+        text += " · " + _("newer prediction waiting")
+    return text
 
 
 def engineStatusText(status: Optional[dict]) -> str:
@@ -364,6 +380,7 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updatingTable = False
         self._tableSignature = None
         self._displayedOverlay = None
+        self._reviewedRegionCounts = {}  # case id -> regions accepted (partial label), from the workspace
 
     def setup(self) -> None:
         """Called when the user opens the module the first time and the widget is initialized."""
@@ -400,6 +417,8 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.showLogButton.connect("clicked(bool)", self.onShowLog)
         self.ui.previousRegionButton.connect("clicked(bool)", lambda: self.onStepRegion(-1))
         self.ui.nextRegionButton.connect("clicked(bool)", lambda: self.onStepRegion(+1))
+        self.ui.acceptRegionButton.connect("clicked(bool)", self.onAcceptRegion)
+        self.ui.loadNewerPredictionButton.connect("clicked(bool)", self.onLoadNewerPrediction)
         self.ui.acceptPredictionButton.connect("clicked(bool)", self.onAcceptPrediction)
         self.ui.loadResultsButton.connect("clicked(bool)", self.onLoadResults)
         self.ui.exportButton.connect("clicked(bool)", self.onExport)
@@ -478,7 +497,7 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
-            self.onParameterNodeModified()
+            self._refreshCases()  # also reads the reviewed-region counts of the workspace
 
     def onParameterNodeModified(self, caller=None, event=None) -> None:
         """Everything not bound through the .ui follows the parameter node here (cheap: each
@@ -619,16 +638,24 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._applyOverlay(selected[0])
 
     def _refreshCases(self) -> None:
-        """Node attributes do not modify the parameter node: redraw what depends on them."""
+        """Node attributes and workspace files do not modify the parameter node: redraw what depends on them."""
         self._tableSignature = None
+        self._reviewedRegionCounts = {}
+        if self._parameterNode is not None and isPathSet(self._parameterNode.workspaceDir):
+            try:
+                self._reviewedRegionCounts = self.logic.reviewedRegionCounts(str(self._parameterNode.workspaceDir))
+            except Exception:
+                logging.warning("SemiSupSeg: could not read the reviewed regions", exc_info=True)
         self.onParameterNodeModified()
 
     def _caseRowSignature(self, volume):
         segmentation = self._segmentationOf(volume)
         caseId = case_nodes.caseIdOf(volume)
         hasResult = bool(caseId) and case_nodes.resultNode(slicer.mrmlScene, caseId, case_nodes.PREDICTION) is not None
+        waiting = bool(caseId) and self.logic.newerPredictionRun(caseId) is not None
         return (volume.GetID(), volume.GetName(), segmentation.GetID() if segmentation else None,
-                case_nodes.isLabelled(volume), self._caseScores.get(caseId), hasResult)
+                case_nodes.isLabelled(volume), self._caseScores.get(caseId), hasResult,
+                self._reviewedRegionCounts.get(caseId, 0), waiting)
 
     def _updateCasesTable(self) -> None:
         cases = self._cases()
@@ -640,7 +667,7 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updatingTable = True
         try:
             table.setRowCount(len(cases))
-            for row, (volume, (_id, name, _segId, labelled, score, hasResult)) in enumerate(zip(cases, signature)):
+            for row, (volume, (_id, name, _segId, labelled, score, hasResult, reviewed, waiting)) in enumerate(zip(cases, signature)):
                 nameItem = qt.QTableWidgetItem(name)
                 nameItem.setFlags(qt.Qt.ItemIsSelectable | qt.Qt.ItemIsEnabled)
                 table.setItem(row, 0, nameItem)
@@ -652,7 +679,7 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 scoreItem = qt.QTableWidgetItem("" if score is None else f"{score:.3f}")
                 scoreItem.setFlags(qt.Qt.ItemIsSelectable | qt.Qt.ItemIsEnabled)
                 table.setItem(row, 3, scoreItem)
-                state = _("labelled") if labelled else (_("predicted") if hasResult else _("unlabelled"))
+                state = caseStateText(labelled, reviewed, hasResult, waiting)
                 stateItem = qt.QTableWidgetItem(state)
                 stateItem.setFlags(qt.Qt.ItemIsSelectable | qt.Qt.ItemIsEnabled)
                 table.setItem(row, 4, stateItem)
@@ -834,12 +861,15 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             workspace = str(parameters.workspaceDir)
             cases = [(volume, self._segmentationOf(volume), case_nodes.isLabelled(volume)) for volume in self._cases()]
             summary = self.logic.writeWorkspace(workspace, cases)
-            self._job = self.logic.startTraining(workspace, trainingConfig(parameters))
+            config = trainingConfig(parameters)
+            initFrom, warmStartNote = self.logic.warmStartRun(workspace, parameters.lastRunId, config, parameters.trainFromScratch)
+            self._job = self.logic.startTraining(workspace, config, initFrom=initFrom)
             parameters.lastRunId = self._job.runId
             self._regionsCache.clear()
             self._setTrainingState(TRAINING)
-            self.ui.progressLabel.text = _("Starting: {cases} cases ({labelled} labelled), run {run}.").format(
-                cases=summary.get("cases"), labelled=summary.get("labelled"), run=self._job.runId)
+            self.ui.progressLabel.text = _("Starting: {cases} cases ({labelled} labelled, {partial} partly), run {run}.").format(
+                cases=summary.get("cases"), labelled=summary.get("labelled"), partial=summary.get("partial", 0), run=self._job.runId)
+            self.ui.progressLabel.text += "\n" + (warmStartNote or _("Starting from the weights of run {run}.").format(run=initFrom.name))
             self._pollTimer.start()
         self._refreshCases()  # writeWorkspace assigned case ids
 
@@ -1033,6 +1063,31 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if uncertainty is not None or (foreground is not None and case_nodes.isResultNode(foreground)):
             slicer.util.setSliceViewerLayers(foreground=shown, foregroundOpacity=opacity)  # leave other overlays alone
 
+    def onAcceptRegion(self) -> None:
+        volume = self._parameterNode.currentCase
+        if not isAlive(volume):
+            slicer.util.warningDisplay(_("Select a case in the table first."))
+            return
+        regions = self._regionsOfCurrentCase()
+        index = self._parameterNode.currentRegionIndex
+        region = regions[index] if 0 <= index < len(regions) else None
+        with slicer.util.tryWithErrorDisplay(_("Failed to accept the region."), waitCursor=True):
+            result = self.logic.acceptRegion(str(self._parameterNode.workspaceDir), volume, region)
+            self._refreshCases()
+            slicer.util.showStatusMessage(_("{case}: region accepted ({voxels} voxels); {count} regions reviewed. "
+                                            "Training picks it up at its next workspace reload.").format(
+                case=volume.GetName(), voxels=result["regionVoxels"], count=result["regionsReviewed"]), 5000)
+
+    def onLoadNewerPrediction(self) -> None:
+        volume = self._parameterNode.currentCase
+        if not isAlive(volume):
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to load the newer prediction."), waitCursor=True):
+            self.logic.loadNewerPrediction(str(self._parameterNode.workspaceDir), volume)
+            self._displayedOverlay = None
+            self._applyOverlay(volume)
+            self._refreshCases()
+
     def onAcceptPrediction(self) -> None:
         volume = self._parameterNode.currentCase
         if not isAlive(volume):
@@ -1057,6 +1112,8 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.previousRegionButton.enabled = hasCurrentResult
         self.ui.nextRegionButton.enabled = hasCurrentResult
         self.ui.acceptPredictionButton.enabled = hasCurrentResult
+        self.ui.acceptRegionButton.enabled = hasCurrentResult and not case_nodes.isLabelled(self._parameterNode.currentCase)
+        self.ui.loadNewerPredictionButton.enabled = bool(caseId) and self.logic.newerPredictionRun(caseId) is not None
         self.ui.loadResultsButton.enabled = idle and bool(self._parameterNode and self._parameterNode.lastRunId)
         self.ui.exportButton.enabled = hasCases and idle
 

@@ -10,17 +10,19 @@ from __future__ import annotations
 import slicer
 import vtk
 
-from . import case_nodes
+from . import case_nodes, prediction_edits
 from .mrml_helpers import temporaryNode
+from .segment_labels import labelArrayFromSegmentation
 
 
-def acceptPrediction(scene, volumeNode):
+def acceptPrediction(scene, volumeNode, classNames=None):
     """Copy the loaded prediction of ``volumeNode``'s case into the user's segmentation; mark the case labelled.
 
     Segments are matched by name: the user's segment of a class gets the predicted voxels
     (keeping its id and colour), classes the user has no segment for are added, other user
     segments stay as they are. A user segmentation (``"<volume> segmentation"``) is created
-    when the case has none. Returns the user's segmentation node.
+    when the case has none. Returns the user's segmentation node. With the workspace's
+    ``classNames`` the prediction's edits count as accepted (newer predictions may replace it again).
     """
     caseId = case_nodes.caseIdOf(volumeNode)
     prediction = case_nodes.resultNode(scene, caseId, case_nodes.PREDICTION) if caseId else None
@@ -42,7 +44,16 @@ def acceptPrediction(scene, volumeNode):
         _copySegments(scene, prediction, sourceIds, userNode, targetIds, volumeNode)
     case_nodes.setUserSegmentationNode(volumeNode, userNode)
     case_nodes.setLabelled(volumeNode, True)
+    if classNames:
+        _markAccepted(scene, prediction, volumeNode, classNames)
     return userNode
+
+
+def _markAccepted(scene, prediction, volumeNode, classNames) -> None:
+    try:
+        prediction_edits.recordAccepted(prediction, labelArrayFromSegmentation(scene, prediction, volumeNode, classNames))
+    except ValueError:  # a segment that is no class: the prediction stays "edited" (its newer one waits)
+        pass
 
 
 def _newUserSegmentation(scene, volumeNode):

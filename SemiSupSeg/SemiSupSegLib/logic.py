@@ -14,16 +14,18 @@ from pathlib import Path
 
 import slicer
 
-from . import case_nodes, dependencies, navigation
+from . import case_nodes, dependencies, navigation, prediction_edits, region_corrections
 from .corrections import acceptPrediction
 from .exporter import Exporter
-from .files import atomicWriteJson
+from .files import atomicWriteJson, readJson
 from .results_loader import ResultsLoader
 from .training_job import TrainingJob, defaultPythonExecutable, runFolder, workerCommand, workerEnvironment
 from .workspace_files import classNamesOf, readDataset
 from .workspace_writer import WorkspaceWriter
 
 MODULE_DIR = Path(__file__).resolve().parent.parent  # SemiSupSeg/: holds the engine package ``semisupseg``
+# What the Slicer side remembers about a run it started (the class list, for warm-start checks).
+RUN_NOTE_FILE = "slicer-run.json"
 
 
 def newRunId() -> str:
@@ -92,26 +94,76 @@ class SemiSupSegLogic:
         return workerEnvironment(self.moduleDir, base)
 
     def startTraining(self, workspaceDir, config: dict, pythonExecutable: str | None = None,
-                      runId: str | None = None, resume: bool = False) -> TrainingJob:
-        """Start ``python -m semisupseg train`` on the workspace; returns at once with the running job."""
+                      runId: str | None = None, resume: bool = False, initFrom=None) -> TrainingJob:
+        """Start ``python -m semisupseg train`` on the workspace; returns at once with the running job.
+
+        ``initFrom``: a run folder (see ``warmStartRun``) whose final weights the new run starts from
+        (``--init-from``); None starts from random weights.
+        """
         runId = runId or newRunId()
         configPath = Path(workspaceDir) / "runs" / f"pending-{runId}.json"
         atomicWriteJson(configPath, dict(config))
         python = self.workerPython(pythonExecutable)
-        command = workerCommand(python, workspaceDir, configPath, runId, resume=resume)
+        command = workerCommand(python, workspaceDir, configPath, runId, resume=resume, initFrom=initFrom)
         self.workspaceDir = Path(workspaceDir)
-        return TrainingJob(runId, workspaceDir, command, self.workerEnvironment(python), cwd=workspaceDir)
+        job = TrainingJob(runId, workspaceDir, command, self.workerEnvironment(python), cwd=workspaceDir)
+        note = {"classNames": classNamesOf(readDataset(workspaceDir)), "method": config.get("method"),
+                "initFrom": str(initFrom) if initFrom else None}
+        atomicWriteJson(job.runDir / RUN_NOTE_FILE, note)
+        return job
+
+    def warmStartRun(self, workspaceDir, previousRunId: str | None, config: dict, fromScratch: bool = False):
+        """``(run folder or None, reason)``: where "Train again" starts from.
+
+        The previous run's final weights (``checkpoints/last.pt``) by default; None (random weights)
+        when ``fromScratch``, when there is no previous run or checkpoint, or when the previous run
+        trained another method or class list (its weights would not fit: the engine refuses them).
+        ``reason`` says why in one sentence (empty when warm-starting).
+        """
+        if fromScratch:
+            return None, "Starting from scratch, as chosen."
+        if not previousRunId:
+            return None, "No earlier run: starting from random weights."
+        previous = runFolder(workspaceDir, previousRunId)
+        if not (previous / "checkpoints" / "last.pt").exists():
+            return None, f"Run {previousRunId} left no checkpoint: starting from random weights."
+        previousMethod = (readJson(previous / "config.json", default={}) or {}).get("method")
+        if config.get("method") and previousMethod and previousMethod != config["method"]:
+            return None, f"Run {previousRunId} trained {previousMethod}, not {config['method']}: starting from random weights."
+        note = readJson(previous / RUN_NOTE_FILE, default={}) or {}
+        classNames = classNamesOf(readDataset(workspaceDir))
+        if note.get("classNames") and note["classNames"] != classNames:
+            return None, (f"Run {previousRunId} learned the classes {note['classNames'][1:]}, the workspace now has "
+                          f"{classNames[1:]}: starting from random weights.")
+        return previous, ""
 
     def runDir(self, workspaceDir, runId: str) -> Path:
         return runFolder(workspaceDir, runId)
 
     # -- results --------------------------------------------------------------------------
 
-    def loadResults(self, workspaceDir, runId: str, caseIds=None) -> dict:
-        """``{caseId: {"segmentation": segNode, "uncertainty": volumeNode}}``; see ResultsLoader."""
-        results = ResultsLoader(self.scene).load(workspaceDir, runId, caseIds)
+    def loadResults(self, workspaceDir, runId: str, caseIds=None, force: bool = False) -> dict:
+        """``{caseId: {"segmentation", "uncertainty", "newerPredictionWaiting"}}``; see ResultsLoader.
+
+        A case whose prediction the annotator edited and has not accepted keeps it (its newer
+        prediction waits, see ``newerPredictionRun``) unless ``force``.
+        """
+        results = ResultsLoader(self.scene).load(workspaceDir, runId, caseIds, force=force)
         self.classNames = classNamesOf(readDataset(workspaceDir))
         return results
+
+    def newerPredictionRun(self, caseIdOrVolumeNode) -> str | None:
+        """The run whose newer prediction waits because the loaded one has unaccepted edits, else None."""
+        caseId = self._caseId(caseIdOrVolumeNode)
+        return prediction_edits.newerPredictionRun(case_nodes.resultNode(self.scene, caseId, case_nodes.PREDICTION))
+
+    def loadNewerPrediction(self, workspaceDir, caseIdOrVolumeNode) -> dict:
+        """The annotator's choice: replace an edited prediction (and its uncertainty map) by the waiting one."""
+        caseId = self._caseId(caseIdOrVolumeNode)
+        runId = self.newerPredictionRun(caseId)
+        if runId is None:
+            raise ValueError(f'No newer prediction is waiting for case "{caseId}".')
+        return self.loadResults(workspaceDir, runId, [caseId], force=True)[caseId]
 
     def showCase(self, caseId: str) -> None:
         ResultsLoader(self.scene).showCase(caseId)
@@ -138,7 +190,24 @@ class SemiSupSegLogic:
     def acceptPrediction(self, caseIdOrVolumeNode):
         """Copy the loaded prediction into the user's segmentation (created if missing) and mark
         the case labelled: the only operation that changes a user's segmentation. Returns it."""
-        return acceptPrediction(self.scene, self._volumeNode(caseIdOrVolumeNode))
+        classNames = self.classNames
+        if self.workspaceDir is not None and (self.workspaceDir / "dataset.json").exists():
+            classNames = classNamesOf(readDataset(self.workspaceDir))
+        return acceptPrediction(self.scene, self._volumeNode(caseIdOrVolumeNode), classNames)
+
+    def acceptRegion(self, workspaceDir, caseIdOrVolumeNode, region: dict | None,
+                     marginMm: float = region_corrections.DEFAULT_MARGIN_MM) -> dict:
+        """Write the edited prediction inside ``region`` into the case's partial label, at once.
+
+        Never touches the user's segmentation; see region_corrections.acceptRegion for the voxels
+        taken, the files written, the result dict and the refusals (ValueError with the fix).
+        """
+        self.workspaceDir = Path(workspaceDir)
+        return region_corrections.acceptRegion(self.scene, workspaceDir, self._volumeNode(caseIdOrVolumeNode), region, marginMm)
+
+    def reviewedRegionCounts(self, workspaceDir) -> dict[str, int]:
+        """``{caseId: regions accepted}`` of the partially labelled cases ("3 regions reviewed")."""
+        return region_corrections.reviewedRegionCounts(workspaceDir)
 
     # -- export ---------------------------------------------------------------------------
 
@@ -165,6 +234,10 @@ class SemiSupSegLogic:
         dependencies.installDependencies(confirm, self.requirements())
 
     # -- helpers --------------------------------------------------------------------------
+
+    @staticmethod
+    def _caseId(caseIdOrVolumeNode) -> str | None:
+        return caseIdOrVolumeNode if isinstance(caseIdOrVolumeNode, str) else case_nodes.caseIdOf(caseIdOrVolumeNode)
 
     def _volumeNode(self, caseIdOrVolumeNode):
         if isinstance(caseIdOrVolumeNode, str):

@@ -11,7 +11,7 @@ import numpy as np
 import slicer
 import vtk
 
-from . import case_nodes, workspace_files
+from . import case_nodes, prediction_edits, workspace_files
 from .mrml_helpers import copyGeometry, geometryMatches, nodesByClass, readVolumeFile, temporaryNode
 
 # Display of the uncertainty overlay (values are entropy / ln C in [0, 1]).
@@ -86,9 +86,11 @@ class ResultsLoader:
     def __init__(self, scene):
         self.scene = scene
 
-    def load(self, workspaceDir, runId: str, caseIds=None) -> dict:
-        """``{caseId: {"segmentation": node, "uncertainty": node}}`` for ``caseIds`` (default: every case the
-        run has predicted so far). The first loaded case is shown in the slice views."""
+    def load(self, workspaceDir, runId: str, caseIds=None, force: bool = False) -> dict:
+        """``{caseId: {"segmentation": node, "uncertainty": node, "newerPredictionWaiting": bool}}`` for
+        ``caseIds`` (default: every case the run has predicted so far). The first loaded case is shown
+        in the slice views. A case whose loaded prediction the annotator edited and has not accepted
+        keeps its nodes unless ``force`` (see prediction_edits)."""
         dataset = workspace_files.readDataset(workspaceDir)
         classNames = workspace_files.classNamesOf(dataset)
         known = workspace_files.caseIdsOf(dataset)
@@ -102,12 +104,12 @@ class ResultsLoader:
             missing = [caseId for caseId in caseIds if caseId not in known]
             if missing:
                 raise ValueError(f"Cases {missing} are not in the workspace {workspaceDir}.")
-        results = {caseId: self.loadCase(workspaceDir, runId, caseId, classNames, dataset) for caseId in caseIds}
+        results = {caseId: self.loadCase(workspaceDir, runId, caseId, classNames, dataset, force) for caseId in caseIds}
         if results:
             self.showCase(next(iter(results)))
         return results
 
-    def loadCase(self, workspaceDir, runId: str, caseId: str, classNames: list[str], dataset: dict) -> dict:
+    def loadCase(self, workspaceDir, runId: str, caseId: str, classNames: list[str], dataset: dict, force: bool = False) -> dict:
         predictionPath = workspace_files.predictionPath(workspaceDir, runId, caseId)
         uncertaintyPath = workspace_files.uncertaintyPath(workspaceDir, runId, caseId)
         for path in (predictionPath, uncertaintyPath):
@@ -116,9 +118,16 @@ class ResultsLoader:
         volumeNode = case_nodes.volumeNodeForCase(self.scene, caseId)
         if volumeNode is None:
             volumeNode = self._loadWorkspaceImage(workspaceDir, dataset, caseId)
+        edited = case_nodes.resultNode(self.scene, caseId, case_nodes.PREDICTION)
+        if edited is not None and not force and prediction_edits.holdsBackNewerPrediction(
+                self.scene, edited, volumeNode, classNames, predictionPath, runId):
+            # Unaccepted edits win: the prediction and its uncertainty map stay as a pair; the newer one waits.
+            uncertaintyNode = case_nodes.resultNode(self.scene, caseId, case_nodes.UNCERTAINTY)
+            waiting = prediction_edits.newerPredictionRun(edited) is not None
+            return {"segmentation": edited, "uncertainty": uncertaintyNode, "newerPredictionWaiting": waiting}
         segmentationNode = self._loadPrediction(predictionPath, volumeNode, caseId, runId, classNames)
         uncertaintyNode = self._loadUncertainty(uncertaintyPath, volumeNode, caseId, runId)
-        return {"segmentation": segmentationNode, "uncertainty": uncertaintyNode}
+        return {"segmentation": segmentationNode, "uncertainty": uncertaintyNode, "newerPredictionWaiting": False}
 
     def showCase(self, caseId: str) -> None:
         """Show a case's volume with its uncertainty overlay in all slice views (prediction stays visible)."""
@@ -181,7 +190,8 @@ class ResultsLoader:
         with temporaryNode(self.scene, "vtkMRMLLabelMapVolumeNode") as labelmapNode:
             readVolumeFile(path, labelmapNode)
             self._adoptVolumeGrid(labelmapNode, volumeNode, path, caseId)
-            largest = int(slicer.util.arrayFromVolume(labelmapNode).max(initial=0))
+            labels = slicer.util.arrayFromVolume(labelmapNode)
+            largest = int(labels.max(initial=0))
             if largest >= len(classNames):
                 raise ValueError(
                     f"The prediction {path} contains label {largest}, but dataset.json lists only "
@@ -191,6 +201,7 @@ class ResultsLoader:
                 # Label value c becomes the c-th pre-made segment (so names, colours and order follow the class list).
                 if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmapNode, node, segmentIds):
                     raise RuntimeError(f"Could not import the prediction {path} into a segmentation.")
+            prediction_edits.recordLoaded(node, labels, path)
         return node
 
     def _segmentColours(self, volumeNode, classNames: list[str]) -> dict:

@@ -64,13 +64,21 @@ def workerEnvironment(moduleDir, baseEnvironment: dict | None = None) -> dict:
     return environment
 
 
-def workerCommand(pythonExecutable: str, workspaceDir, configPath, runId: str, resume: bool = False) -> list[str]:
+def workerCommand(pythonExecutable: str, workspaceDir, configPath, runId: str, resume: bool = False,
+                  initFrom=None) -> list[str]:
+    """``python -m semisupseg train ...``; ``initFrom`` (a run folder) adds ``--init-from`` (warm start
+    from that run's ``checkpoints/last.pt``). A resumed run continues its own weights, so the two exclude
+    each other."""
+    if resume and initFrom:
+        raise ValueError("A resumed run continues from its own checkpoint; it cannot also start from another run.")
     command = [
         str(pythonExecutable), "-m", "semisupseg", "train",
         "--workspace", str(workspaceDir), "--config", str(configPath), "--run-id", runId,
     ]
     if resume:
         command.append("--resume")
+    if initFrom:
+        command += ["--init-from", str(initFrom)]
     return command
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import slicer
 
-from . import case_nodes
+from . import case_nodes, region_corrections
 from .files import atomicWriteJson, jsonText, readJson
 from .mrml_helpers import copyGeometry, ijkToRasArray, temporaryNode, writeVolumeFile
 from .segment_labels import checkSegmentNames, labelArrayFromSegmentation, normalizedClassList, unionClassList
@@ -70,17 +70,26 @@ class WorkspaceWriter:
         existing = readJson(workspace / DATASET_FILE, default={}) or {}
         requests = self._validated(cases)
         self._assignCaseIds(requests)
-        classList = self._classList(requests, classNames, existing)
+        reviews = region_corrections.readReviews(workspace)
+        partial = self._partialRecords(workspace, requests, reviews)
+        classList = self._classList(requests, classNames, existing, partial)
         state = readJson(workspace / STATE_FILE, default={}) or {}
         written, unchanged, entries = [], [], []
         for case in requests:
-            entries.append(self._writeCase(workspace, case, classList, state, written, unchanged))
+            entry = self._writeCase(workspace, case, classList, state, written, unchanged)
+            if entry["label"] is None and case.caseId in partial:
+                entry["label"] = self._keepPartialLabel(workspace, case, partial[case.caseId], classList, written)
+            entries.append(entry)
         dataset = {
             "name": name or existing.get("name") or workspace.name,
             "modality": {"0": modality or self._existingModality(existing) or self._guessModality(requests)},
             "labels": {str(index): className for index, className in enumerate(classList)},
             "cases": entries,
         }
+        if partial:  # voxels of value 255 in a partial label are "not annotated" (engine: ignore_label)
+            dataset["ignore_label"] = region_corrections.IGNORE_LABEL
+        if any(name in written for name in (record["label"] for record in partial.values())):
+            region_corrections.writeReviews(workspace, reviews)
         self._writeIfChanged(workspace / DATASET_FILE, dataset, written, unchanged, workspace)
         if state != (readJson(workspace / STATE_FILE, default={}) or {}):
             atomicWriteJson(workspace / STATE_FILE, state)
@@ -91,6 +100,7 @@ class WorkspaceWriter:
             "unchanged": unchanged,
             "cases": len(requests),
             "labelled": sum(case.labelled for case in requests),
+            "partial": len(partial),
             "classNames": classList,
             "caseIds": [case.caseId for case in requests],
         }
@@ -147,17 +157,41 @@ class WorkspaceWriter:
             case.caseId = candidate
             taken.add(candidate)
 
-    def _classList(self, requests, classNames, existing: dict) -> list[str]:
+    def _classList(self, requests, classNames, existing: dict, partial: dict) -> list[str]:
+        """Class list of the labelled segmentations (or ``classNames``); partial labels' classes must be in it.
+
+        When no case is fully labelled, the partial labels' classes are the class list.
+        """
         labelledSegmentations = [case.segmentationNode for case in requests if case.labelled]
+        existingLabels = existing.get("labels") or {}
+        previous = [existingLabels[key] for key in sorted(existingLabels, key=lambda key: int(key)) if key != "0"]
         if classNames is not None:
             classList = normalizedClassList(classNames)
         else:
-            existingLabels = existing.get("labels") or {}
-            previous = [existingLabels[key] for key in sorted(existingLabels, key=lambda key: int(key)) if key != "0"]
             classList = unionClassList(labelledSegmentations, preferredOrder=previous)
+            if not labelledSegmentations and partial:
+                named = previous + [name for record in partial.values() for name in record.get("classes", [])[1:]]
+                classList += [name for name in dict.fromkeys(named) if name not in classList]
         for segmentationNode in labelledSegmentations:
             checkSegmentNames(segmentationNode, classList)
+        for caseId, record in partial.items():
+            region_corrections.checkPartialClasses(caseId, record, classList)
         return classList
+
+    @staticmethod
+    def _partialRecords(workspace: Path, requests, reviews: dict) -> dict:
+        """``{caseId: review record}`` of the unlabelled cases that have accepted regions (a partial label)."""
+        unlabelled = {case.caseId for case in requests if not case.labelled}
+        return {
+            caseId: record for caseId, record in reviews["cases"].items()
+            if caseId in unlabelled and record.get("label") and (workspace / record["label"]).exists()
+        }
+
+    def _keepPartialLabel(self, workspace: Path, case: WorkspaceCase, record: dict, classList, written) -> str:
+        """An unlabelled case with accepted regions trains on its partial label (re-indexed if the classes moved)."""
+        if region_corrections.remapPartialLabel(self.scene, workspace, record, case.volumeNode, classList):
+            written.append(record["label"])
+        return record["label"]
 
     # -- writing ------------------------------------------------------------------------
 
