@@ -159,6 +159,7 @@ class CaseSummary:
     hasSegmentation: bool
     segmentNames: list = field(default_factory=list)
     hasImage: bool = True
+    reviewedRegions: int = 0  # regions accepted with Accept region (a partial label)
 
 
 def isPathSet(path) -> bool:
@@ -320,8 +321,8 @@ def validateTrainingInputs(workspaceDir, cases: list, patch=(0, 0, 0)) -> list:
             problems.append(_("{case} is marked labelled but has no segmentation: choose one in the table or mark it unlabelled.").format(case=case.name))
         elif case.labelled and not [n for n in case.segmentNames if n.strip().lower() != "background"]:
             problems.append(_("{case}: its segmentation has no segments; paint the structures in Segment Editor.").format(case=case.name))
-    if cases and not any(case.labelled and case.hasSegmentation for case in cases):
-        problems.append(_("Mark at least one case that has a segmentation as labelled ('Mark as labelled')."))
+    if cases and not any((case.labelled and case.hasSegmentation) or case.reviewedRegions for case in cases):
+        problems.append(_("Mark at least one case that has a segmentation as labelled ('Mark as labelled'), or accept a region of one in Review."))
     labelled = {case.name: case.segmentNames for case in cases if case.labelled and case.hasSegmentation}
     problems += classNamesFromSegments(labelled)[1]
     patchProblem = patchSizeProblem(patch)
@@ -529,7 +530,8 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             segmentation = self._segmentationOf(volume)
             summaries.append(CaseSummary(
                 name=volume.GetName(), labelled=case_nodes.isLabelled(volume), hasSegmentation=segmentation is not None,
-                segmentNames=segmentNamesOf(segmentation), hasImage=volume.GetImageData() is not None))
+                segmentNames=segmentNamesOf(segmentation), hasImage=volume.GetImageData() is not None,
+                reviewedRegions=self._reviewedRegionCounts.get(case_nodes.caseIdOf(volume), 0)))
         return summaries
 
     def _addCases(self, volumes) -> int:
