@@ -869,7 +869,7 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             parameters.lastRunId = self._job.runId
             self._regionsCache.clear()
             self._setTrainingState(TRAINING)
-            self.ui.progressLabel.text = _("Starting: {cases} cases ({labelled} labelled, {partial} partly), run {run}.").format(
+            self.ui.progressLabel.text = _("Starting: {cases} cases ({labelled} labelled, {partial} partly labelled), run {run}.").format(
                 cases=summary.get("cases"), labelled=summary.get("labelled"), partial=summary.get("partial", 0), run=self._job.runId)
             self.ui.progressLabel.text += "\n" + (warmStartNote or _("Starting from the weights of run {run}.").format(run=initFrom.name))
             self._pollTimer.start()
@@ -911,6 +911,10 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 predicted.append(event["case"])
                 if event.get("score") is not None:
                     self._caseScores[event["case"]] = float(event["score"])
+            elif kind == "workspace_reloaded":
+                changed = sorted(set(event.get("added", []) + event.get("relabelled", []) + event.get("moved", [])))
+                if changed:
+                    slicer.util.showStatusMessage(_("Training took in the new labels of: {cases}").format(cases=", ".join(changed)), 5000)
             elif kind == "regions":
                 self._regionsCache = {key: value for key, value in self._regionsCache.items() if key[0] != job.runId}
         if predicted and self._parameterNode is not None:
@@ -1076,9 +1080,10 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay(_("Failed to accept the region."), waitCursor=True):
             result = self.logic.acceptRegion(str(self._parameterNode.workspaceDir), volume, region)
             self._refreshCases()
-            slicer.util.showStatusMessage(_("{case}: region accepted ({voxels} voxels); {count} regions reviewed. "
-                                            "Training picks it up at its next workspace reload.").format(
-                case=volume.GetName(), voxels=result["regionVoxels"], count=result["regionsReviewed"]), 5000)
+            slicer.util.showStatusMessage(_("{case}: region accepted ({voxels} voxels), {state}. "
+                                            "Training takes it in at its next workspace reload.").format(
+                case=volume.GetName(), voxels=result["regionVoxels"],
+                state=caseStateText(False, result["regionsReviewed"], True, False)), 5000)
 
     def onLoadNewerPrediction(self) -> None:
         volume = self._parameterNode.currentCase
@@ -1114,7 +1119,7 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.previousRegionButton.enabled = hasCurrentResult
         self.ui.nextRegionButton.enabled = hasCurrentResult
         self.ui.acceptPredictionButton.enabled = hasCurrentResult
-        self.ui.acceptRegionButton.enabled = hasCurrentResult and not case_nodes.isLabelled(self._parameterNode.currentCase)
+        self.ui.acceptRegionButton.enabled = hasCurrentResult  # the logic explains a refusal (e.g. a fully labelled case)
         self.ui.loadNewerPredictionButton.enabled = bool(caseId) and self.logic.newerPredictionRun(caseId) is not None
         self.ui.loadResultsButton.enabled = idle and bool(self._parameterNode and self._parameterNode.lastRunId)
         self.ui.exportButton.enabled = hasCases and idle

@@ -43,10 +43,11 @@ def labelDigest(labels: np.ndarray) -> str:
 def modificationSignature(segmentationNode) -> str:
     """Modification times of the segmentation and of every segment and its binary labelmap."""
     segmentation = segmentationNode.GetSegmentation()
+    sourceName = getattr(segmentation, "GetSourceRepresentationName", None) or segmentation.GetMasterRepresentationName  # Slicer < 5.4
     times = [segmentation.GetNumberOfSegments(), segmentation.GetMTime()]
     for index in range(segmentation.GetNumberOfSegments()):
         segment = segmentation.GetNthSegment(index)
-        labelmap = segment.GetRepresentation(segmentation.GetSourceRepresentationName())
+        labelmap = segment.GetRepresentation(sourceName())
         times += [segment.GetMTime(), labelmap.GetMTime() if labelmap is not None else 0]
     return " ".join(str(value) for value in times)
 

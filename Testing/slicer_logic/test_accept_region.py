@@ -275,6 +275,14 @@ def test_a_newer_prediction_waits_for_unaccepted_edits(reviewScene):
     assert not any(result["newerPredictionWaiting"] for result in again.values())
     assert logic.newerPredictionRun("vol1") is None
 
+    # Touched without a change (painted with the same classes): not an edit, a newer file replaces it.
+    paint(prediction0, vol0, predictedClasses())
+    touched = predictedClasses()
+    touched[0, 0:3, 0:3] = 1
+    writeArray(vol0, touched, workspace / "runs" / RUN / "predictions" / "vol0.nii.gz", labelmap=True)
+    assert not logic.loadResults(workspace, RUN, ["vol0"])["vol0"]["newerPredictionWaiting"]
+    np.testing.assert_array_equal(predictionArray(prediction0, vol0), touched)
+
     edited = predictedClasses()
     edited[2:5, 2:6, 5:10] = 1
     paint(prediction1, vol1, edited)
