@@ -22,7 +22,7 @@ DEFAULTS: Dict[str, Any] = {
     "iterations": None,  # GPU 6000, CPU 300
     "device": "auto",  # auto | cpu | cuda | cuda:N
     "seed": 1337,
-    "patch_size": None,  # (x, y, z), multiples of 16; from the image sizes and spacing
+    "patch_size": None,  # (x, y, z), multiples of 16 (networks.patch_rule); from the image sizes and spacing
     "batch_labelled": None,  # GPU 4, CPU 2
     "batch_unlabelled": None,  # GPU 4, CPU 2; 0 for supervised-only
     "target_spacing": None,  # mm (x, y, z) to resample to; None keeps each image's grid
@@ -149,20 +149,25 @@ def resolve_device(name: str):
 def resolve_config(config: dict, device, image_shapes: Sequence, spacings: Sequence) -> dict:
     """Fill every ``None`` from the device and the data; validate ranges."""
     from .data.sampling import default_patch_size
+    from .networks import patch_rule
 
     out = copy.deepcopy(config)
     on_gpu = device.type == "cuda"
     for key, value in (GPU_DEFAULTS if on_gpu else CPU_DEFAULTS).items():
         if out.get(key) is None:
             out[key] = value
+    # The network decides which patches it can take; the automatic patch obeys the same rule,
+    # growing past a tiny volume (the sampler pads it) rather than starving the network.
+    rule = patch_rule(out["network"], out["network_options"])
     if out["patch_size"] is None:
-        out["patch_size"] = list(default_patch_size(image_shapes, spacings, divisor=16, on_gpu=on_gpu))
+        out["patch_size"] = list(default_patch_size(
+            image_shapes, spacings, divisor=rule.divisor, on_gpu=on_gpu, min_bottleneck_voxels=rule.min_bottleneck_voxels
+        ))
     patch = out["patch_size"]
-    if len(patch) != 3 or any(int(p) % 16 or int(p) <= 0 for p in patch):
-        raise InputError(
-            f"patch_size {patch} must be three positive multiples of 16 (x, y, z).",
-            "The networks halve the patch four times; e.g. use [96, 96, 64].",
-        )
+    problem = rule.problem(patch)
+    if problem:
+        raise InputError(problem, "Set patch_size in the configuration accordingly (e.g. [96, 96, 64]), or leave it "
+                         "out (null): the automatic patch fits the images and the network.")
     out["patch_size"] = [int(p) for p in patch]
     out["sw_overlap"] = sliding_window_overlap(out, device)
     if int(out["iterations"]) < 1:

@@ -291,6 +291,7 @@ def default_patch_size(
     divisor: int = 16,
     max_voxels: Optional[int] = None,
     on_gpu: bool = False,
+    min_bottleneck_voxels: int = 2,
 ) -> PatchSize:
     """A patch size (x, y, z) for volumes of these training-grid shapes and spacings (mm).
 
@@ -305,6 +306,10 @@ def default_patch_size(
        (the axis whose physical extent stays largest, ties: z first) until within budget, and
        grow (the physically shortest axis) while it still fits.
     5. When x and y have the same spacing, make them equal so 90-degree rotations apply.
+    6. Grow past ``cap`` until ``prod(patch // divisor) >= min_bottleneck_voxels``: the network's
+       own minimum (``networks.patch_rule``; 2, the default, is the strictest of the engine's
+       networks: a normalised 1/16 bottleneck needs 2 voxels). Only tiny volumes get here, and
+       the sampler and the sliding window pad them.
 
     Example: LA (about 183 x 140 x 88, 0.625 mm isotropic) gives 96 x 96 x 96 on a GPU and
     64 x 64 x 48 on a CPU; 256 x 256 x 30 at 0.8 x 0.8 x 5 mm gives 176 x 176 x 32 on a GPU.
@@ -316,7 +321,7 @@ def default_patch_size(
     spacing = np.median(np.asarray(spacings, dtype=np.float64), axis=0)
     cap = [max(divisor, int(math.ceil(s / divisor)) * divisor) for s in median_shape]
     if math.prod(cap) <= budget:
-        return tuple(cap)
+        return _grown_to_network_minimum(cap, spacing, divisor, min_bottleneck_voxels)
     patch = [max(divisor, min(c, int(round(v / divisor)) * divisor)) for v, c in zip(_isotropic_patch(cap, spacing, budget), cap)]
     _shrink_to_budget(patch, spacing, budget, divisor)
     _grow_within_budget(patch, cap, spacing, budget, divisor, axes=(0, 1, 2))
@@ -327,7 +332,23 @@ def default_patch_size(
         else:
             patch[0] = patch[1] = min(patch[0], patch[1])
             _grow_within_budget(patch, cap, spacing, budget, divisor, axes=(2,))
-    return tuple(int(p) for p in patch)
+    return _grown_to_network_minimum(patch, spacing, divisor, min_bottleneck_voxels)
+
+
+def _grown_to_network_minimum(patch: Sequence[int], spacing: np.ndarray, divisor: int, min_cells: int) -> PatchSize:
+    """``patch`` grown by ``divisor`` steps until ``prod(patch // divisor) >= min_cells``.
+
+    The physically shortest axis grows (ties: z first); when x and y share a spacing they grow
+    together, keeping the in-plane patch square for the 90-degree rotations.
+    """
+    patch = [int(p) for p in patch]
+    square = bool(np.isclose(spacing[0], spacing[1], rtol=0.01)) and patch[0] == patch[1]
+    while math.prod(p // divisor for p in patch) < min_cells:
+        axis = min(range(3), key=lambda a: (patch[a] * spacing[a], -a))
+        grow = (0, 1) if square and axis < 2 else (axis,)
+        for a in grow:
+            patch[a] += divisor
+    return tuple(patch)
 
 
 def _isotropic_patch(cap: Sequence[int], spacing: np.ndarray, budget: int) -> List[float]:

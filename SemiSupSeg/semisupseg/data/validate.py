@@ -1,7 +1,9 @@
 """Checking a dataset before training: every problem a user can fix becomes one ``InputError``.
 
 Per case, in this order (the first failure is reported):
-1. the image file exists, 2. it is a readable image, 3. it is 3D with one component,
+1. the image file exists (and is not a folder), 2. it is a readable image, 3. it is 3D with one
+   component, 3b. it holds all the voxel data its header promises (a compressed stream
+   decompresses completely to that size: ``io.check_image_complete``),
 4. its voxels are finite (float images only: integer pixels cannot hold NaN/Inf; ITK's NIfTI
    reader already maps non-finite values to 0, NRRD and MetaImage keep them),
 5. the label file exists, is readable, 3D and single-component (when the case has a label),
@@ -23,7 +25,7 @@ import SimpleITK as sitk
 
 from ..errors import InputError
 from .dataset import Case, DatasetSpec
-from .io import ImageHeader, itk_reason, read_header
+from .io import FOLDER_HINT, FOLDER_PROBLEM, ImageHeader, IncompleteImageError, check_image_complete, itk_reason, read_header
 
 # Grids are "equal" within these tolerances: NIfTI stores geometry in float32 (about 1e-7
 # relative), and resampling tools round differently, so exact comparison rejects good labels;
@@ -52,7 +54,7 @@ def validate_dataset(
     cases = list(spec.cases if cases is None else cases)
     if require_labelled and not any(case.label is not None for case in cases):
         raise InputError(
-            f"Dataset '{spec.name}' has no labelled case (of {len(cases)}).",
+            f"Dataset '{spec.name}' ({spec.root / 'dataset.json'}) has no labelled case (of {len(cases)}).",
             "Label at least one case (segment it in 3D Slicer and mark it as labelled, or set "
             "its 'label' path in dataset.json).",
         )
@@ -62,10 +64,14 @@ def validate_dataset(
 def validate_case(spec: DatasetSpec, case: Case, check_voxels: bool = True) -> ImageHeader:
     """All checks of one case (see the module docstring); returns the image header."""
     image_header = _checked_header(spec, case, case.image, "image")
+    if check_voxels:
+        _check_complete(spec, case, case.image, "image")
     if check_voxels and image_header.is_float:
         _check_finite(spec, case)
     if case.label is not None:
         label_header = _checked_header(spec, case, case.label, "label")
+        if check_voxels:
+            _check_complete(spec, case, case.label, "label")
         difference = grid_difference(image_header, label_header)
         if difference is not None:
             what, image_value, label_value = difference
@@ -105,6 +111,8 @@ def _checked_header(spec: DatasetSpec, case: Case, path: Path, role: str) -> Ima
     shown = _shown(spec, path)
     try:
         header = read_header(path)
+    except IsADirectoryError:
+        raise InputError(f"Case '{case.id}': {role} path {shown} {FOLDER_PROBLEM}.", FOLDER_HINT) from None
     except FileNotFoundError:
         raise InputError(
             f"Case '{case.id}': {role} file {shown} does not exist.",
@@ -112,6 +120,7 @@ def _checked_header(spec: DatasetSpec, case: Case, path: Path, role: str) -> Ima
             "relative to that folder), or restore the file.",
         ) from None
     except RuntimeError as err:
+        _check_complete(spec, case, path, role)  # a cut or damaged stream says more than ITK's reason
         raise InputError(
             f"Case '{case.id}': {role} file {shown} cannot be read ({itk_reason(err)}).",
             "Save it again as NIfTI (.nii.gz), NRRD (.nrrd) or MetaImage (.mha), e.g. from 3D Slicer.",
@@ -131,6 +140,25 @@ def _checked_header(spec: DatasetSpec, case: Case, path: Path, role: str) -> Ima
             "or extract one channel.",
         )
     return header
+
+
+def _check_complete(spec: DatasetSpec, case: Case, path: Path, role: str) -> None:
+    """The file holds every voxel byte its header promises (ITK would read a truncated NIfTI
+    without a word and fill the rest with zeros); see ``io.check_image_complete``."""
+    try:
+        check_image_complete(path)
+    except IncompleteImageError as err:
+        raise InputError(
+            f"Case '{case.id}': {role} file {_shown(spec, path)} is truncated or damaged: {err}.",
+            "An interrupted copy or download does this: copy the file again from its source, "
+            "or save it again from 3D Slicer.",
+        ) from None
+    except OSError as err:
+        raise InputError(
+            f"Case '{case.id}': {role} file {_shown(spec, path)} cannot be read ({err.strerror or err}: "
+            f"{Path(err.filename or path).name}).",
+            "Check that the file (and a .nhdr/.mhd header's data file) is there and readable.",
+        ) from None
 
 
 def _check_finite(spec: DatasetSpec, case: Case) -> None:

@@ -1,14 +1,18 @@
 """Segmentation networks: ``build_network(name, in_channels, num_classes, **options)``.
 
 Every network maps ``(B, in_channels, X, Y, Z)`` to logits ``(B, num_classes, X, Y, Z)``, has
-``size_divisor`` (spatial sizes must be multiples of it) and, when built with its projection head,
-``forward_features(x) -> (logits, embedding (B, 256, X/8, Y/8, Z/8))``.
+``size_divisor`` (spatial sizes must be multiples of it), ``min_bottleneck_voxels(**options)``
+(voxels its 1/16 bottleneck needs: 2 where it is normalised) and, when built with its projection
+head, ``forward_features(x) -> (logits, embedding (B, 256, X/8, Y/8, Z/8))``. ``patch_rule`` turns
+the two into the check the configuration and ``default_patch_size`` share.
 """
 
 from __future__ import annotations
 
 import inspect
-from typing import Callable, Dict
+import math
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional, Sequence
 
 from torch import nn
 
@@ -35,6 +39,63 @@ def build_network(name: str, in_channels: int = 1, num_classes: int = 2, **optio
     return factory(in_channels=in_channels, num_classes=num_classes, **options)
 
 
+@dataclass(frozen=True)
+class PatchRule:
+    """Which training patches (x, y, z) a network accepts.
+
+    Every axis a positive multiple of ``divisor`` (the network halves the patch four times) and
+    ``prod(p // divisor) >= min_bottleneck_voxels`` (a normalised bottleneck needs more than
+    one voxel). The smallest accepted patches are the ones with a single axis at
+    ``2 * divisor`` when ``min_bottleneck_voxels`` is 2, e.g. 32 x 16 x 16 for ``unet3d``.
+    """
+
+    network: str
+    divisor: int
+    min_bottleneck_voxels: int
+
+    def smallest_patch(self) -> tuple:
+        """One of the smallest accepted patches (z grows first, keeping x = y)."""
+        patch = [self.divisor] * 3
+        axis = 2
+        while math.prod(p // self.divisor for p in patch) < self.min_bottleneck_voxels:
+            patch[axis] += self.divisor
+            axis = (axis + 2) % 3  # z, y, x, z, ...
+        return tuple(patch)
+
+    def problem(self, patch: Sequence) -> Optional[str]:
+        """``None`` when ``patch`` is accepted, else a sentence saying why and the smallest size."""
+        try:
+            values = [int(p) for p in patch]
+            whole = len(values) == 3 and all(float(p) == v for p, v in zip(patch, values))
+        except (TypeError, ValueError):
+            whole = False
+        if not whole or any(v <= 0 or v % self.divisor for v in values):
+            return (
+                f"patch_size {list(patch) if isinstance(patch, (list, tuple)) else patch} must be three positive "
+                f"multiples of {self.divisor} (x, y, z): network '{self.network}' halves the patch four times."
+            )
+        cells = math.prod(v // self.divisor for v in values)
+        if cells < self.min_bottleneck_voxels:
+            bottleneck = "x".join(str(v // self.divisor) for v in values)
+            smallest = list(self.smallest_patch())
+            return (
+                f"patch_size {values} is too small for network '{self.network}': its normalised bottleneck "
+                f"(1/{self.divisor} of the patch) would be {bottleneck} voxel(s), and it needs at least "
+                f"{self.min_bottleneck_voxels}. The smallest patch it supports is {smallest} "
+                "(in any axis order)."
+            )
+        return None
+
+
+def patch_rule(name: str, options: Optional[dict] = None) -> PatchRule:
+    """The patch sizes network ``name`` built with ``options`` accepts (``InputError`` for an
+    unknown network). Unknown options are ignored here; ``build_network`` reports them."""
+    if name not in NETWORKS:
+        raise InputError(f"Unknown network '{name}'.", f"Valid networks: {', '.join(sorted(NETWORKS))}.")
+    factory = NETWORKS[name]
+    return PatchRule(name, int(factory.size_divisor), int(factory.min_bottleneck_voxels(**dict(options or {}))))
+
+
 def enable_mc_dropout(model: nn.Module) -> nn.Module:
     """Put only the dropout layers of ``model`` in training mode (Monte-Carlo dropout).
 
@@ -52,4 +113,7 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-__all__ = ["NETWORKS", "build_network", "enable_mc_dropout", "count_parameters", "UNet3D", "VNet", "ResNetVNet"]
+__all__ = [
+    "NETWORKS", "PatchRule", "build_network", "patch_rule", "enable_mc_dropout", "count_parameters",
+    "UNet3D", "VNet", "ResNetVNet",
+]

@@ -19,6 +19,13 @@ from torch import nn
 
 NORMALIZATIONS = {"none": None, "batch": "BATCH", "instance": "INSTANCE"}
 
+# A network that normalises its 1/16 bottleneck needs at least this many bottleneck voxels per
+# patch, i.e. prod(patch // 16) >= 2: instance norm computes each channel's variance over one
+# sample's voxels and raises "Expected more than 1 spatial element" on a 1x1x1 map, and batch
+# norm does the same over batch x voxels when a method runs a batch of one patch (batch norm is
+# held to the same rule rather than to the batch sizes, which the out-of-memory retry changes).
+NORMALISED_BOTTLENECK_VOXELS = 2
+
 
 def conv_unit(
     in_channels: int,

@@ -33,7 +33,15 @@ from typing import List, Sequence, Tuple
 import torch
 from torch import nn
 
-from .blocks import ProjectionHead, check_spatial_size, conv_stage, conv_unit, init_weights, normalization_name
+from .blocks import (
+    NORMALISED_BOTTLENECK_VOXELS,
+    ProjectionHead,
+    check_spatial_size,
+    conv_stage,
+    conv_unit,
+    init_weights,
+    normalization_name,
+)
 
 RESNET34_BLOCKS = (3, 4, 6, 3)
 DECODER_CONVS = (3, 3, 2, 1)  # levels 1/8, 1/4, 1/2, 1 (bottom-up), as in the V-Net
@@ -96,6 +104,11 @@ class ResNetVNet(nn.Module):
     """
 
     size_divisor = 16
+
+    @staticmethod
+    def min_bottleneck_voxels(**options) -> int:
+        """Always normalised (batch or instance), down to the 1/16 stage: see blocks."""
+        return NORMALISED_BOTTLENECK_VOXELS
 
     def __init__(
         self,

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import ProjectionHead, as_widths, check_spatial_size, conv_stage, init_weights
+from .blocks import NORMALISED_BOTTLENECK_VOXELS, ProjectionHead, as_widths, check_spatial_size, conv_stage, init_weights
 
 
 class UNet3D(nn.Module):
@@ -39,6 +39,11 @@ class UNet3D(nn.Module):
     """
 
     size_divisor = 16
+
+    @staticmethod
+    def min_bottleneck_voxels(**options) -> int:
+        """Instance norm at the 1/16 center needs more than one voxel per channel (see blocks)."""
+        return NORMALISED_BOTTLENECK_VOXELS
 
     def __init__(
         self,

@@ -22,7 +22,15 @@ from typing import List, Tuple
 import torch
 from torch import nn
 
-from .blocks import ProjectionHead, check_spatial_size, conv_stage, conv_unit, init_weights, normalization_name
+from .blocks import (
+    NORMALISED_BOTTLENECK_VOXELS,
+    ProjectionHead,
+    check_spatial_size,
+    conv_stage,
+    conv_unit,
+    init_weights,
+    normalization_name,
+)
 
 ENCODER_CONVS = (1, 2, 3, 3, 3)
 DECODER_CONVS = (3, 3, 2, 1)  # levels 3, 2, 1, 0 (bottom-up)
@@ -43,6 +51,11 @@ class VNet(nn.Module):
     """
 
     size_divisor = 16
+
+    @staticmethod
+    def min_bottleneck_voxels(normalization: str = "none", **options) -> int:
+        """1 without normalisation (the default: a 16^3 patch works); otherwise see blocks."""
+        return 1 if str(normalization).lower() == "none" else NORMALISED_BOTTLENECK_VOXELS
 
     def __init__(
         self,

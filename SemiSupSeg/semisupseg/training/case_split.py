@@ -70,7 +70,7 @@ def split_cases(spec, split: dict) -> CaseSplit:
     unlabelled = [c for c in candidates if c.id not in labelled_ids and c.id not in held_ids]
     if not labelled:
         raise InputError(
-            "No labelled case to train on.",
+            f"No labelled case to train on in {spec.root / 'dataset.json'}.",
             "Label at least one case (a label file in dataset.json, or 'Mark as labelled' in Slicer).",
         )
     return CaseSplit(labelled, unlabelled, held)

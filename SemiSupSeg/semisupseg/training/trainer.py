@@ -418,9 +418,11 @@ def train_workspace(
         run_dir = workspace / "runs" / (run_id or new_run_id(config["method"]))
         if (run_dir / "checkpoints" / "last.pt").exists():
             raise InputError(f"Run {run_dir.name} already exists.", "Use --resume to continue it, or another --run-id.")
+    # The run folder appears only once the workspace and the configuration passed validation
+    # (inside Trainer): a refused run leaves nothing behind. Earlier events wait in the writer.
+    trainer = Trainer(workspace, config, run_dir, events, resume)
     run_dir.mkdir(parents=True, exist_ok=True)
     events.attach(run_dir / "events.jsonl")
-    trainer = Trainer(workspace, config, run_dir, events, resume)
     save_json_atomic(trainer.config, run_dir / "config.json")
     inputs = [p for c in trainer.split.labelled for p in (c.image, c.label)]
     inputs += [c.image for c in trainer.split.unlabelled + trainer.split.held_out]
