@@ -25,6 +25,10 @@ def add_train_parser(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run (--run-id, else the latest) from last.pt")
     p.add_argument("--method", help="override the configured method (see `semisupseg methods`)")
     p.add_argument("--iterations", type=int, help="override the planned number of iterations")
+    p.add_argument("--continuous", action="store_true",
+                   help="train until stopped (STOP file, SIGTERM, SIGINT): iterations 0; new labels join as they come")
+    p.add_argument("--init-from", metavar="RUN",
+                   help="start from the final weights of RUN (a run folder or a run id of this workspace)")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--seed", type=int, help="random seed")
 
@@ -32,7 +36,15 @@ def add_train_parser(sub) -> None:
 def run_train(args) -> int:
     from .training.trainer import train_workspace
 
-    overrides = {"method": args.method, "iterations": args.iterations, "device": args.device, "seed": args.seed}
+    if args.continuous and args.iterations is not None:
+        raise InputError("--continuous and --iterations contradict each other.",
+                         "Give --continuous to train until stopped, or --iterations N for a run of N iterations.")
+    if args.init_from and args.resume:
+        raise InputError("--init-from starts a new run from another run's weights; --resume continues a run.",
+                         "Leave out one of them.")
+    iterations = 0 if args.continuous else args.iterations
+    overrides = {"method": args.method, "iterations": iterations, "device": args.device, "seed": args.seed,
+                 "init_from": args.init_from}
     train_workspace(args.workspace, args.config, overrides, args.run_id, args.resume, args.events)
     return 0
 

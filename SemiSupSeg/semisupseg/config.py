@@ -19,7 +19,16 @@ DEFAULTS: Dict[str, Any] = {
     "method_options": {},
     "network": "unet3d",
     "network_options": {},
-    "iterations": None,  # GPU 6000, CPU 300
+    "iterations": None,  # GPU 6000, CPU 300; 0: continuous, trains until stopped (STOP, SIGTERM, SIGINT)
+    # A continuous run has no T for progress = t / T: the methods' ramps (each a fraction of the
+    # run) and UnCL's beta play out over this many iterations instead, then hold their end values.
+    # None: the device's default run length (GPU 6000, CPU 300), so a continuous run's first
+    # iterations are exactly those of a default finite run. Runs with an end ignore it (T is used).
+    "ramp_iterations": None,
+    # A run folder or run id of this workspace whose checkpoints/last.pt starts this run (warm
+    # start: every network of the method, fresh optimiser, iteration 0). config.json records the
+    # resolved folder. The class list, network and network options must be the source run's.
+    "init_from": None,
     "device": "auto",  # auto | cpu | cuda | cuda:N
     "seed": 1337,
     "patch_size": None,  # (x, y, z), multiples of 16 (networks.patch_rule); from the image sizes and spacing
@@ -33,7 +42,10 @@ DEFAULTS: Dict[str, Any] = {
         "momentum": 0.9,
         "weight_decay": 1e-4,
         "grad_clip": 1.0,
-        "schedule": "constant",  # constant (released DyCON) | poly (power 0.9)
+        # constant (released DyCON) | poly (power 0.9, finite runs only). A continuous run uses
+        # constant: it has no end to decay towards, and a decaying rate would make the corrections
+        # the annotator adds late (at the hardest places) count less than the first labels.
+        "schedule": "constant",
     },
     "amp": "auto",  # auto (bf16 on CUDA) | bf16 | off
     # auto: on the CPU, where channels-last layout made DyCON's step at the CPU-scale LA setting
@@ -44,7 +56,15 @@ DEFAULTS: Dict[str, Any] = {
     "checkpoint_every": 200,
     "predict_every": 0,  # 0: predict only at the end
     "first_prediction_at": 0,  # >0: an early prediction round at this iteration
-    "reload_every": 100,  # re-read dataset.json every N iterations (new labels join)
+    # Every N iterations, look for new cases and new or changed label files (training/
+    # workspace_watch.py); 0: never. A look that finds nothing costs one stat per case (0.25 ms
+    # with the 16-case synthetic demo workspace), a changed label 0.18 s (re-prepare the case,
+    # hand the sampler its lists). One CPU step of the demo config (DyCON, 64x64x32, widths
+    # 8-128, 2+2, 2 threads) took a median 21 s (8-27 s) on this 2-core CPU while other test
+    # runs shared it (load 6-8); the larger LA CPU-scale step (64x64x48) takes 5.3 s on the idle
+    # machine (docs/benchmarks.md). So 10 iterations: a correction joins within about 1 to 3.5
+    # minutes on this CPU, for < 0.01 % of the training time; GPU seconds not yet measured.
+    "reload_every": 10,
     # None: 0.5 on a GPU, 0.25 on the CPU, where it makes a large volume's prediction 2.9x faster
     # (100 instead of 294 windows) for 0.001 held-out Dice on LA (docs/benchmarks.md, inference).
     "sw_overlap": None,
@@ -170,12 +190,47 @@ def resolve_config(config: dict, device, image_shapes: Sequence, spacings: Seque
                          "out (null): the automatic patch fits the images and the network.")
     out["patch_size"] = [int(p) for p in patch]
     out["sw_overlap"] = sliding_window_overlap(out, device)
-    if int(out["iterations"]) < 1:
-        raise InputError(f"iterations must be >= 1 (got {out['iterations']}).", "Use e.g. --iterations 300.")
+    resolve_schedule_length(out, on_gpu)
     if int(out["batch_labelled"]) < 1:
         raise InputError("batch_labelled must be >= 1.", "Every step needs a labelled patch; use 1 or more.")
     out["device"] = str(device)
     return out
+
+
+def resolve_schedule_length(config: dict, on_gpu: bool) -> None:
+    """Check ``iterations`` (0 = continuous) and give a continuous run its ramp length, in place."""
+    iterations = _whole_number(config["iterations"])
+    if iterations is None or iterations < 0:
+        raise InputError(
+            f"iterations must be a whole number >= 0 (got {config['iterations']!r}).",
+            "Use e.g. --iterations 300, or --continuous (iterations 0) to train until stopped.",
+        )
+    config["iterations"] = iterations
+    if iterations > 0:
+        return
+    if config["optimizer"]["schedule"] != "constant":
+        raise InputError(
+            f"A continuous run (iterations 0) cannot use the '{config['optimizer']['schedule']}' learning-rate "
+            "schedule: it decays towards an end the run does not have.",
+            'Set "optimizer": {"schedule": "constant"}, or give the run a number of iterations.',
+        )
+    ramp = config.get("ramp_iterations")
+    if ramp is None:
+        ramp = (GPU_DEFAULTS if on_gpu else CPU_DEFAULTS)["iterations"]
+    if _whole_number(ramp) is None or _whole_number(ramp) < 1:
+        raise InputError(f"ramp_iterations must be a whole number >= 1 (got {ramp!r}).", "Use e.g. 300, or null.")
+    config["ramp_iterations"] = _whole_number(ramp)
+
+
+def _whole_number(value: Any) -> Optional[int]:
+    """``value`` as an int when it is one (3, 3.0, "3"); None otherwise (booleans included)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return int(number) if number.is_integer() else None
 
 
 def save_json_atomic(data: Any, path: Path) -> None:

@@ -31,17 +31,24 @@ class Batch:
 
 @dataclass
 class StepContext:
-    """Where the schedule stands: iteration t (0-based) of T planned, and the autocast setting."""
+    """Where the schedule stands: iteration t (0-based) of T planned, and the autocast setting.
+
+    ``total`` is 0 for a continuous run (no planned end). ``ramp_length`` is then the number of
+    iterations over which the schedules play out (the methods' ramps are fractions of it), and
+    after it everything holds its end value; for a run with an end it is left 0 and T is used.
+    """
 
     iteration: int
     total: int
     autocast_dtype: torch.dtype | None = None  # bf16 on GPU, None on CPU
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    ramp_length: int = 0
 
     @property
     def progress(self) -> float:
-        """t / T in [0, 1]; schedules are functions of it."""
-        return min(1.0, self.iteration / max(1, self.total))
+        """t / T (t / ramp_length when set) in [0, 1]; schedules are functions of it."""
+        horizon = self.ramp_length or self.total
+        return min(1.0, self.iteration / max(1, horizon))
 
 
 @dataclass

@@ -14,12 +14,21 @@ FORMAT = 1
 
 
 def save_checkpoint(
-    path: Path, *, iteration: int, method, optimizer, sampler_rng: Optional[torch.Tensor], train_seconds: float = 0.0
+    path: Path,
+    *,
+    iteration: int,
+    method,
+    optimizer,
+    sampler_rng: Optional[torch.Tensor],
+    train_seconds: float = 0.0,
+    extra: Optional[dict] = None,
 ) -> None:
     """Atomically write ``path`` (temporary file + rename), so a kill never leaves half a checkpoint.
 
     ``train_seconds`` is the wall time spent training up to ``iteration``, summed over every
-    resumed part, so a run's reported duration survives a kill.
+    resumed part, so a run's reported duration survives a kill. ``extra`` holds plain values
+    (str, int, lists of them) describing the weights, e.g. ``classes``: the class names in label
+    order, which a warm start (``--init-from``) checks against its own workspace.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -31,6 +40,7 @@ def save_checkpoint(
         "model": method.state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else {},
         "rng": {"torch": torch.get_rng_state()},
+        **(extra or {}),
     }
     if sampler_rng is not None:
         state["rng"]["sampler"] = sampler_rng

@@ -6,17 +6,24 @@ events of the worker protocol, checkpoints (``last.pt``), honours cancel request
 or a ``STOP`` file: the current iteration finishes, a checkpoint is written, exit 0), resumes from
 ``last.pt`` with the same schedule, and predicts every case at the end (and on request during
 training) with the uncertainty maps the annotator sees.
+
+The live annotation loop: a run with ``iterations`` 0 (``--continuous``) trains until stopped;
+every ``reload_every`` iterations the workspace is looked at again (new cases, changed label
+files: ``workspace_watch``); a ``PREDICT`` file in the run folder asks for predictions of some
+cases at the next iteration boundary; ``init_from`` starts from an earlier run's weights.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import os
 import signal
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -30,11 +37,15 @@ from ..errors import InputError
 from ..events import EventWriter, log
 from ..methods import StepContext, build_method
 from ..networks import build_network
-from .case_split import split_cases
+from .case_split import CaseSplit, split_cases
 from .checkpoint import load_checkpoint, save_checkpoint
 from .compilation import compile_network
 from .manifest import build_manifest, device_description
 from .schedules import learning_rate
+from .warm_start import class_names, warm_start
+from .workspace_watch import HELD_OUT, LABELLED, UNLABELLED, ContentDigests, WorkspaceChange, case_states, compare_states, file_stamp
+
+PREDICT_REQUEST = "PREDICT"
 
 
 class CancelFlag:
@@ -104,8 +115,14 @@ class Trainer:
         shapes = [p.image.shape for p in self.prepared.values()]
         spacings = [p.spacing for p in self.prepared.values()]
         self.config = resolve_config(config, self.device, shapes, spacings)
-        self.total = int(self.config["iterations"])
+        self.total = int(self.config["iterations"])  # 0: continuous (until stopped)
         self.method = self._build_method()
+        # A warm-started teacher continues its average: the EMA sees iterations counted from the
+        # source run's start, so its decay is at its cap at once instead of restarting at 0
+        # (teacher := student), which would throw the source's teacher away at the first step.
+        self.ema_offset = 0
+        if self.config.get("init_from") and not resume:
+            self._warm_start()
         self.optimizer = torch.optim.SGD(
             self.method.trainable_parameters(),
             lr=self.config["optimizer"]["lr"],
@@ -120,7 +137,21 @@ class Trainer:
         self.part_started = time.perf_counter()
         self.skipped_steps = 0
         self.cancel = CancelFlag(run_dir / "STOP")
-        self.dataset_mtime = (workspace / "dataset.json").stat().st_mtime
+        self.digests = ContentDigests()
+        self.dataset_stamp = file_stamp(workspace / "dataset.json")
+        self.case_states = case_states(self.split, self.digests)
+        # Cases whose new state failed validation, with that state: warned about once, retried
+        # when their files change again; meanwhile they keep their previous role and data.
+        self.refused: Dict[str, tuple] = {}
+
+    @property
+    def continuous(self) -> bool:
+        return self.total == 0
+
+    @property
+    def ramp_length(self) -> int:
+        """Iterations over which a continuous run's schedules play out (0: a run with an end)."""
+        return int(self.config["ramp_iterations"]) if self.continuous else 0
 
     # ---- setup -------------------------------------------------------------------------
     def _prepare(self, config: dict) -> dict:
@@ -154,6 +185,14 @@ class Trainer:
         if self.channels_last:
             method = method.to(memory_format=torch.channels_last_3d)
         return method
+
+    def _warm_start(self) -> None:
+        """Load the ``init_from`` run's final weights (see ``warm_start``); config.json records its folder."""
+        source = warm_start(self.method, self.workspace, self.config["init_from"], self.config, self.spec.labels)
+        self.config["init_from"] = str(source["run"])
+        if source["teacher_continues"]:
+            self.ema_offset = source["iteration"]
+        log(f"warm start from {source['run']} (its iteration {source['iteration']})")
 
     def _build_sampler(self) -> PatchSampler:
         labelled = [self.prepared[c.id] for c in self.split.labelled]
@@ -189,6 +228,7 @@ class Trainer:
             optimizer=self.optimizer,
             sampler_rng=self.sampler.generator.get_state() if hasattr(self.sampler, "generator") else None,
             train_seconds=self.resumed_seconds + time.perf_counter() - self.part_started,
+            extra={"classes": class_names(self.spec.labels), "ema_offset": self.ema_offset},
         )
         self.events.emit("checkpoint", path=str(path), iteration=self.iteration)
         return path
@@ -204,17 +244,18 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.iteration = int(state["iteration"])
         self.resumed_seconds = float(state.get("train_seconds", 0.0))  # absent in older checkpoints
+        self.ema_offset = int(state.get("ema_offset", 0))
         torch.set_rng_state(state["rng"]["torch"])
         if "sampler" in state["rng"] and hasattr(self.sampler, "generator"):
             self.sampler.generator.set_state(state["rng"]["sampler"])
         if "cuda" in state["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        log(f"resumed {self.run_dir.name} at iteration {self.iteration} of {self.total}")
+        log(f"resumed {self.run_dir.name} at iteration {self.iteration} of {self.total or 'a continuous run'}")
 
     # ---- the loop ------------------------------------------------------------------------
     def step(self) -> Optional[dict]:
         """One iteration; returns the loss parts (tensors) or None when the step was skipped."""
-        ctx = StepContext(self.iteration, self.total, self.autocast_dtype, self.device)
+        ctx = StepContext(self.iteration, self.total, self.autocast_dtype, self.device, ramp_length=self.ramp_length)
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(self.config["optimizer"]["lr"], ctx.progress, self.config["optimizer"]["schedule"])
         batch = self.sampler.sample(int(self.config["batch_labelled"]), int(self.config["batch_unlabelled"]))
@@ -237,22 +278,24 @@ class Trainer:
         if clip:
             torch.nn.utils.clip_grad_norm_(self.method.trainable_parameters(), clip)
         self.optimizer.step()
-        self.method.after_optimizer_step(ctx)
+        self.method.after_optimizer_step(dataclasses.replace(ctx, iteration=self.ema_offset + ctx.iteration))
         self.iteration += 1
         return {"loss": out.loss.detach(), **out.parts}
 
     def run(self) -> str:
-        """Train until the planned iteration count or a cancel request; returns the final state."""
+        """Train until the planned iteration count (never, when continuous) or a cancel request;
+        returns the final state."""
         cfg = self.config
         self.cancel.install()
         started = self.part_started = time.perf_counter()
         start_iteration = self.iteration
         window_start, window_iteration = started, self.iteration
         try:
-            while self.iteration < self.total:
+            while self.continuous or self.iteration < self.total:
                 if self.cancel.is_set():
                     self.save()
                     return "cancelled"
+                self.serve_predict_request()
                 try:
                     parts = self.step()
                 except torch.cuda.OutOfMemoryError:
@@ -266,18 +309,18 @@ class Trainer:
                     self.events.emit(
                         "progress",
                         iteration=it,
-                        total=self.total,
+                        total=None if self.continuous else self.total,
                         losses={k: float(v) for k, v in parts.items()},
                         lr=self.optimizer.param_groups[0]["lr"],
                         it_per_s=round(rate, 4),
-                        eta_s=round((self.total - it) / max(rate, 1e-9), 1),
+                        eta_s=None if self.continuous else round((self.total - it) / max(rate, 1e-9), 1),
                     )
-                if cfg["checkpoint_every"] and it % cfg["checkpoint_every"] == 0 and it < self.total:
+                if cfg["checkpoint_every"] and it % cfg["checkpoint_every"] == 0 and (self.continuous or it < self.total):
                     self.save()
                 if self._prediction_due(it):
                     self.predict(round_name=f"iteration {it}")
                 if cfg["reload_every"] and it % cfg["reload_every"] == 0:
-                    self._reload_workspace_if_changed()
+                    self.reload_workspace()
             self.save()
             if cfg["predict_cases"] != "none":
                 self.predict(round_name="final")
@@ -330,38 +373,169 @@ class Trainer:
 
     def _prediction_due(self, it: int) -> bool:
         cfg = self.config
-        if it >= self.total or cfg["predict_cases"] == "none":
+        if (not self.continuous and it >= self.total) or cfg["predict_cases"] == "none":
             return False
         early = cfg["first_prediction_at"] and it == cfg["first_prediction_at"]
         periodic = cfg["predict_every"] and it % cfg["predict_every"] == 0
         return bool(early or periodic)
 
-    def _reload_workspace_if_changed(self) -> None:
-        """New or changed labels join without a restart (continuous training on corrections)."""
-        path = self.workspace / "dataset.json"
-        mtime = path.stat().st_mtime
-        if mtime == self.dataset_mtime:
-            return
-        self.dataset_mtime = mtime
+    # ---- the live loop: the workspace and prediction requests ------------------------------
+    def reload_workspace(self) -> Optional[WorkspaceChange]:
+        """Take in what changed in the workspace since the last look; returns the change (None: nothing).
+
+        Cheap when nothing changed: one stat of dataset.json and of each label file in use
+        (``workspace_watch``). A new or changed case that fails validation is reported once
+        (``warning``) and keeps its previous role and data; the others join the sampler at once.
+        A ``workspace_reloaded`` event lists the added, removed, relabelled and moved case ids.
+        """
+        loaded = self._load_changed_dataset()
+        if loaded is None:
+            return None
+        spec, split = loaded
+        states = case_states(split, self.digests)
+        change = compare_states(self.case_states, states)
+        roles = {case.id: (role, case) for role, cases in self._split_roles(split) for case in cases}
+        self._hold_back_invalid(spec, roles, states, change)
+        self.case_states = states  # also after a refusal below: it is reported once
+        if not change:
+            return None
+        try:
+            self._apply_roles(spec, roles, change)
+        except InputError as err:  # e.g. no labelled patch left to draw: train on as before
+            self.events.emit("warning", message=f"workspace changed but cannot be used yet: {err.message}", hint=err.hint)
+            return None
+        self.events.emit(
+            "workspace_reloaded",
+            added=change.added,
+            removed=change.removed,
+            relabelled=change.relabelled,
+            moved=change.moved,
+            label_sha256={case: states[case][1] for case in change.relabelled if states[case][1]},
+            labelled=len(self.split.labelled),
+            unlabelled=len(self.split.unlabelled),
+            held_out=len(self.split.held_out),
+            iteration=self.iteration,
+        )
+        return change
+
+    def _load_changed_dataset(self):
+        """(spec, split) to compare: re-read when dataset.json's stamp changed; None when unusable."""
+        stamp = file_stamp(self.workspace / "dataset.json")
+        if stamp == self.dataset_stamp:
+            return self.spec, self.split
+        self.dataset_stamp = stamp  # a broken file is reported once, until it changes again
         try:
             spec = load_dataset(self.workspace)
             split = split_cases(spec, self.config["split"])
-            validate_dataset(spec, cases=split.labelled + split.unlabelled, require_labelled=True)
         except InputError as err:
             self.events.emit("warning", message=f"workspace changed but cannot be used yet: {err.message}", hint=err.hint)
-            return
-        self.spec, self.split = spec, split
-        labelled_ids = {c.id for c in split.labelled}
-        for case in split.labelled + split.unlabelled:
-            old = self.prepared.get(case.id)
-            if old is None or (case.id in labelled_ids) != (old.label is not None) or case.id in labelled_ids:
-                self.prepared[case.id] = prepare_case(
-                    case, spec.modality, target_spacing=self.config["target_spacing"], with_label=case.id in labelled_ids
-                )
-        labelled = [self.prepared[c.id] for c in split.labelled]
-        unlabelled = [self.prepared[c.id] for c in split.unlabelled] if self.method.uses_unlabelled else []
-        self.sampler.replace_cases(labelled, unlabelled)
-        self.events.emit("workspace_reloaded", labelled=len(labelled), unlabelled=len(unlabelled))
+            return None
+        if spec.labels != self.spec.labels:
+            self.events.emit(
+                "warning",
+                message=f"the workspace's classes changed ({class_names(self.spec.labels)} -> {class_names(spec.labels)}); "
+                "this run keeps training on its own classes and cases",
+                hint="Start a new run for the new classes (without --init-from: the network's outputs differ).",
+            )
+            return None
+        return spec, split
+
+    def _hold_back_invalid(self, spec, roles: dict, states: dict, change: WorkspaceChange) -> None:
+        """Validate added and relabelled cases; one that fails keeps its previous role, data and
+        state (a new one stays out) and leaves ``change``, in place. Each failing file state is
+        reported once (``warning``) and not read again until its files change."""
+        old_roles = {case.id: (role, case) for role, cases in self._split_roles(self.split) for case in cases}
+        for case_id in change.added + change.relabelled:
+            if not self._refuses(spec, roles[case_id][1], states[case_id]):
+                self.refused.pop(case_id, None)
+                continue
+            change.discard(case_id)
+            if case_id in old_roles:
+                roles[case_id], states[case_id] = old_roles[case_id], self.case_states[case_id]
+            else:
+                del roles[case_id], states[case_id]
+
+    def _refuses(self, spec, case, state) -> bool:
+        """Whether ``case`` in this file ``state`` fails validation (a ``warning`` the first time)."""
+        if self.refused.get(case.id) == state:
+            return True
+        try:
+            validate_dataset(spec, cases=[case], require_labelled=False)
+            return False
+        except InputError as err:
+            self.refused[case.id] = state
+            self.events.emit("warning", case=case.id, message=f"case {case.id} changed but cannot be used yet: {err.message}",
+                             hint=err.hint)
+            return True
+
+    def _apply_roles(self, spec, roles: dict, change: WorkspaceChange) -> None:
+        """Prepare new and changed cases, drop removed ones, hand the sampler its new case lists.
+
+        All or nothing: the trainer's cases change only once the sampler accepted the new lists.
+        """
+        prepared = {}
+        for case_id, (role, case) in roles.items():
+            old = self.prepared.get(case_id)
+            changed = case_id in change.added or case_id in change.relabelled
+            if old is None or changed or (role == LABELLED) != (old.label is not None):
+                old = prepare_case(case, spec.modality, target_spacing=self.config["target_spacing"], with_label=role == LABELLED)
+            prepared[case_id] = old
+        by_role = {LABELLED: [], UNLABELLED: [], HELD_OUT: []}
+        for role, case in roles.values():
+            by_role[role].append(case)
+        split = CaseSplit(by_role[LABELLED], by_role[UNLABELLED], by_role[HELD_OUT])
+        try:
+            self._hand_to_sampler(prepared, split)
+        except InputError:
+            self._hand_to_sampler(self.prepared, self.split)  # the sampler may have let go of its cases
+            raise
+        self.prepared, self.spec, self.split = prepared, spec, split
+
+    def _hand_to_sampler(self, prepared: dict, split) -> None:
+        unlabelled = [prepared[c.id] for c in split.unlabelled] if self.method.uses_unlabelled else []
+        self.sampler.replace_cases([prepared[c.id] for c in split.labelled], unlabelled)
+
+    @staticmethod
+    def _split_roles(split):
+        return ((LABELLED, split.labelled), (UNLABELLED, split.unlabelled), (HELD_OUT, split.held_out))
+
+    def serve_predict_request(self) -> bool:
+        """Predict the cases listed in the run folder's ``PREDICT`` file (a JSON list of case ids).
+
+        The request is taken by renaming it first, so a new request written meanwhile is kept for
+        the next boundary; it is removed once read. Unknown ids are looked for in the workspace
+        once (a case just added), then reported with a ``warning``; the known ones are predicted.
+        A file that is not a JSON list of ids gives a ``warning`` and is removed. Returns whether
+        any case was predicted.
+        """
+        request = self.run_dir / PREDICT_REQUEST
+        if not request.exists():
+            return False
+        taken = self.run_dir / f".{PREDICT_REQUEST}.taken"
+        try:
+            os.replace(request, taken)
+            case_ids = json.loads(taken.read_text())
+        except FileNotFoundError:  # the client removed it again
+            return False
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            case_ids = err
+        finally:
+            taken.unlink(missing_ok=True)
+        if not isinstance(case_ids, list) or not case_ids or not all(isinstance(c, str) for c in case_ids):
+            self.events.emit("warning", message=f"{PREDICT_REQUEST} request ignored: it must be a JSON list of case ids "
+                             f"(read: {str(case_ids)[:200]})", hint='Write e.g. ["case0", "case3"] (atomically).')
+            return False
+        unknown = [c for c in case_ids if c not in self.prepared]
+        if unknown:
+            self.reload_workspace()
+            unknown = [c for c in case_ids if c not in self.prepared]
+        if unknown:
+            self.events.emit("warning", message=f"{PREDICT_REQUEST} request names unknown case ids {unknown[:10]}",
+                             hint=f"Cases of this run: {', '.join(list(self.prepared)[:10])}...")
+        known = list(dict.fromkeys(c for c in case_ids if c in self.prepared))
+        if known:
+            self.predict(round_name="request", case_ids=known)
+        return bool(known)
 
     # ---- prediction ----------------------------------------------------------------------
     def cases_to_predict(self) -> List[str]:
@@ -373,12 +547,19 @@ class Trainer:
         }
         return [c.id for c in groups.get(which, [])]
 
-    def predict(self, round_name: str) -> None:
+    def predict(self, round_name: str, case_ids: Optional[List[str]] = None) -> None:
+        """Predict ``case_ids`` (default: the configured ``predict_cases``) with the usual events.
+
+        A round of some cases only (a ``PREDICT`` request) keeps the other cases' regions in
+        ``regions.json``: the annotator's "next uncertain region" still covers every case.
+        """
         from ..inference.predictor import predict_cases
 
+        some_only = case_ids is not None
+        previous = read_regions(self.run_dir) if some_only else None
         predict_cases(
             networks=self.method.inference_networks(),
-            cases=[self.prepared[i] for i in self.cases_to_predict()],
+            cases=[self.prepared[i] for i in (case_ids if some_only else self.cases_to_predict())],
             run_dir=self.run_dir,
             config=self.config,
             num_classes=self.num_classes,
@@ -387,6 +568,36 @@ class Trainer:
             round_name=round_name,
             iteration=self.iteration,
         )
+        if previous is not None:
+            keep_other_cases_regions(self.run_dir, previous, known=set(self.prepared))
+
+
+def read_regions(run_dir: Path) -> Optional[dict]:
+    """The run's regions.json as a dict, or None when there is none (or it cannot be read)."""
+    try:
+        return json.loads((run_dir / "regions.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def keep_other_cases_regions(run_dir: Path, previous: dict, known: set) -> None:
+    """Merge the regions and scores of cases of ``previous`` that the last round did not predict
+    (and that are still cases of the run) back into regions.json; case_order is re-ranked."""
+    from ..inference.regions import write_regions_json
+    from ..inference.scores import rank_cases
+
+    current = read_regions(run_dir)
+    if current is None:
+        return
+    kept = {case: regions for case, regions in previous.get("cases", {}).items()
+            if case in known and case not in current["cases"]}
+    if not kept:
+        return
+    old_scores = previous.get("meta", {}).get("scores", {})
+    scores = {**{case: old_scores[case] for case in kept if case in old_scores}, **current["meta"].get("scores", {})}
+    meta = {**current["meta"], "scores": scores, "case_order": rank_cases(scores, order="uncertainty"),
+            "cases_of_this_round": sorted(current["cases"])}
+    write_regions_json(run_dir / "regions.json", {**kept, **current["cases"]}, meta)
 
 
 def train_workspace(
@@ -435,7 +646,9 @@ def train_workspace(
         run_dir=str(run_dir),
         device=device_description(trainer.device),
         method=trainer.config["method"],
-        iterations=trainer.total,
+        iterations=trainer.total or None,
+        continuous=trainer.continuous,
+        init_from=trainer.config.get("init_from"),
         start_iteration=trainer.iteration,
         labelled=len(trainer.split.labelled),
         unlabelled=len(trainer.split.unlabelled),
