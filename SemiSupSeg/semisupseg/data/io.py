@@ -189,6 +189,7 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _GZIP_WBITS = 16 + zlib.MAX_WBITS  # gzip wrapper: zlib checks the trailer's CRC-32 and length
 _ZLIB_OR_GZIP_WBITS = 32 + zlib.MAX_WBITS  # MetaImage: zlib wrapper (gzip accepted too)
 _NIFTI_HEADER_BYTES = 540  # NIfTI-2 header; NIfTI-1 needs 348
+_HEADER_LINE_LIMIT = 1 << 16  # a text header line longer than this is not one (binary data)
 
 
 class IncompleteImageError(Exception):
@@ -310,10 +311,10 @@ def _nrrd_header(stream: BinaryIO) -> Tuple[Optional[dict], int]:
 
     ``(None, 0)`` when the file does not start with the NRRD magic.
     """
-    if not stream.readline().startswith(b"NRRD"):
+    if not stream.readline(_HEADER_LINE_LIMIT).startswith(b"NRRD"):
         return None, 0
     fields = {}
-    for raw in iter(stream.readline, b""):
+    for raw in iter(lambda: stream.readline(_HEADER_LINE_LIMIT), b""):
         line = raw.decode("latin-1").rstrip("\r\n")
         if not line:
             break  # the blank line that ends an attached header
@@ -338,8 +339,9 @@ def _check_metaimage(path: Path) -> None:
     value_bytes = _MET_TYPE_BYTES.get(fields.get("ElementType", "").upper())
     sizes = [_int_or_none(s) for s in fields.get("DimSize", "").split()]
     channels = _int_or_none(fields.get("ElementNumberOfChannels", "1"))
-    if not data_file or not value_bytes or not sizes or None in sizes or not channels:
-        return
+    binary = fields.get("BinaryData", "True").strip().lower() == "true"
+    if not data_file or not value_bytes or not sizes or None in sizes or not channels or not binary:
+        return  # incomplete header, or voxels written as text (sizes unknown)
     if data_file.upper() != "LOCAL":
         if len(data_file.split()) != 1 or "%" in data_file or data_file.upper().startswith("LIST"):
             return  # one file per slice
@@ -362,7 +364,7 @@ def _metaimage_header(stream: BinaryIO) -> Tuple[dict, int]:
     """MetaImage ``Key = Value`` fields up to ``ElementDataFile`` (always the last one) and the
     offset just after that line (where LOCAL data starts)."""
     fields = {}
-    for raw in iter(stream.readline, b""):
+    for raw in iter(lambda: stream.readline(_HEADER_LINE_LIMIT), b""):
         key, sep, value = raw.decode("latin-1").partition("=")
         if not sep:
             break  # not a header line: not a MetaImage header we can follow
