@@ -15,7 +15,7 @@ $(VENV)/.engine-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -e ".[test,server]"
 	touch $@
 
 # The headless Slicer (MRML) wheel for the Slicer-logic tests; it pins vtk 9.6.2.

@@ -106,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .demo import add_demo_parser
     from .data.synthetic_cli import add_synth_parser
     from .evaluation.cli import add_evaluate_parser
+    from .server.cli import add_serve_parser
 
     parser = argparse.ArgumentParser(prog="semisupseg", description=__doc__.splitlines()[0])
     from . import __version__
@@ -118,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_methods_parser(sub)
     add_synth_parser(sub)
     add_demo_parser(sub)
+    add_serve_parser(sub)
     return parser
 
 
@@ -125,9 +127,10 @@ def dispatch(args) -> int:
     from .demo import run_demo
     from .data.synthetic_cli import run_synth
     from .evaluation.cli import run_evaluate
+    from .server.cli import run_serve
 
     handlers = {"train": run_train, "predict": run_predict, "evaluate": run_evaluate, "methods": run_methods,
-                "synth": run_synth, "demo": run_demo}
+                "synth": run_synth, "demo": run_demo, "serve": run_serve}
     return handlers[args.command](args)
 
 
