@@ -9,7 +9,7 @@ DATA   ?=
 TORCH  ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-engine test-slicer bench clean
+.PHONY: setup demo test test-engine test-slicer bench clean gpu-bench
 
 $(VENV)/.engine-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,14 @@ test-slicer: $(VENV)/.slicer-installed
 
 bench: $(VENV)/.engine-installed
 	$(BIN)/python Testing/benchmarks/run_benchmarks.py
+
+# Every GPU figure in one run of at most 540 s on a lent GPU machine (docs/gpu.md). No venv there:
+# the image's python3 runs it, with the wheels carried in .gpu_wheels. Here:
+# make gpu-bench GPU_PYTHON=.venv/bin/python GPU_BENCH_ARGS=--dry-run
+GPU_PYTHON ?= python3
+GPU_BENCH_ARGS ?=
+gpu-bench:
+	$(GPU_PYTHON) Testing/benchmarks/gpu_bench.py $(if $(wildcard .gpu_wheels/*.whl),--wheels .gpu_wheels,) $(GPU_BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) demo_output .pytest_cache build

@@ -25,7 +25,8 @@ from typing import Callable, Iterable, List, Optional, Sequence
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
-BENCH_DIR = REPO / ".bench"  # gitignored: workspaces, runs and raw results of the benchmarks
+# gitignored: workspaces, runs and raw results of the benchmarks (SEMISUPSEG_BENCH_DIR moves it, for tests)
+BENCH_DIR = Path(os.environ.get("SEMISUPSEG_BENCH_DIR") or REPO / ".bench")
 LA_DEFAULT = REPO.parent / "shared" / "datasets" / "LA2018"
 
 

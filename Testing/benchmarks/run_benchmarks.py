@@ -3,6 +3,7 @@
     .venv/bin/python Testing/benchmarks/run_benchmarks.py [--only NAME[,NAME]] [--quick] [-- ARGS]
     .venv/bin/python Testing/benchmarks/run_benchmarks.py --ingest FILE.jsonl   (lines from a direct run)
     .venv/bin/python Testing/benchmarks/run_benchmarks.py --render-only
+    .venv/bin/python Testing/benchmarks/run_benchmarks.py --merge gpu_bench.jsonl   (the GPU kit's records)
 
 Each benchmark ``bench_<name>.py`` prints one JSON record per measurement on stdout (see
 bench_common.py). The lines of the latest run are written to ``.bench/results/<name>.jsonl``
@@ -38,7 +39,11 @@ TITLES = {
     "first_overlay": "Time to the first overlay (train start -> first prediction with entropy maps)",
     "la": "LA2018 development protocol: supervised, mean teacher, DyCON and the companion methods",
     "uncertainty_errors": "Does the uncertainty map find the errors? (AUROC, top-5 regions vs random boxes)",
+    "gpu_kit": "GPU kit (gpu_bench.py): environment, parts, DyCON for a fixed wall budget, the targets",
 }
+# Sections filled only by merged records (gpu_bench.py, docs/gpu.md): rendered once they have some.
+MERGED_ONLY = ["gpu_kit"]
+SECTIONS = BENCHMARKS + MERGED_ONLY
 QUICK_ARGS = {name: ["--quick"] for name in BENCHMARKS}
 META = ("benchmark", "table", "key", "machine", "device_kind", "command", "date")
 NOTES_RE = re.compile(r"<!-- notes:(?P<name>[\w-]+):start -->\n(?P<body>.*?)<!-- notes:(?P=name):end -->", re.S)
@@ -75,6 +80,31 @@ def parse_lines(text: str) -> List[dict]:
 
 
 # --------------------------------------------------------------------------- merging
+def merged_records(paths: List[Path], allow_dry_run: bool = False) -> List[dict]:
+    """Records of gpu_bench.py output files (JSON lines, or one JSON list), checked before merging.
+
+    A record needs every META field; ``dry_run`` records (tiny sizes on a CPU) are refused unless
+    ``allow_dry_run``, so a smoke test can never replace a measured row. ValueError names the
+    file and the problem.
+    """
+    records: List[dict] = []
+    for path in paths:
+        if not Path(path).is_file():
+            raise ValueError(f"{path}: no such file (the gpu_bench.jsonl that came back from $OUT)")
+        text = Path(path).read_text()
+        found = json.loads(text) if text.lstrip().startswith("[") else parse_lines(text)
+        if not found:
+            raise ValueError(f"{path}: no benchmark records in it")
+        for rec in found:
+            missing = [k for k in META if k not in rec]
+            if missing:
+                raise ValueError(f"{path}: record {rec.get('key')!r} lacks {missing}")
+            if rec.get("dry_run") and not allow_dry_run:
+                raise ValueError(f"{path}: holds --dry-run records (tiny sizes), which never go into the document")
+        records.extend(found)
+    return records
+
+
 def record_id(rec: dict) -> tuple:
     return (rec["benchmark"], rec["table"], rec.get("device_kind", "cpu"), rec.get("key", ""))
 
@@ -199,7 +229,9 @@ def render_document(records: List[dict], notes: Dict[str, str]) -> str:
     ]
     lines += notes_block("summary", notes, "_(summary notes)_")
     lines.append("")
-    for name in BENCHMARKS:
+    for name in SECTIONS:
+        if name in MERGED_ONLY and not any(r["benchmark"] == name for r in records):
+            continue
         lines.append(f"## {name}: {TITLES[name]}")
         lines.append("")
         lines += notes_block(f"{name}-intro", notes)
@@ -219,7 +251,7 @@ def regenerate(new_records: List[dict]) -> None:
     text = DOC.read_text() if DOC.exists() else ""
     notes = {m.group("name"): m.group("body") for m in NOTES_RE.finditer(text)}
     records = merge(records_in_doc(text), new_records)
-    records.sort(key=lambda r: BENCHMARKS.index(r["benchmark"]) if r["benchmark"] in BENCHMARKS else 99)
+    records.sort(key=lambda r: SECTIONS.index(r["benchmark"]) if r["benchmark"] in SECTIONS else 99)
     DOC.parent.mkdir(parents=True, exist_ok=True)
     tmp = DOC.with_name(f".{DOC.name}.tmp")
     tmp.write_text(render_document(records, notes))
@@ -238,9 +270,18 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="smoke-test sizes (figures are then not representative)")
     p.add_argument("--ingest", nargs="*", type=Path, help="add records from JSON-lines files, run nothing")
     p.add_argument("--render-only", action="store_true", help="regenerate docs/benchmarks.md from what it holds")
+    p.add_argument("--merge", nargs="+", type=Path, metavar="FILE",
+                   help="add the records of gpu_bench.py (gpu_bench.jsonl files; docs/gpu.md), run nothing")
+    p.add_argument("--allow-dry-run", action="store_true", help="with --merge: accept --dry-run records (tests)")
     args = p.parse_args(argv)
     new: List[dict] = []
-    if args.ingest:
+    if args.merge:
+        try:
+            new = merged_records(args.merge, args.allow_dry_run)
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    elif args.ingest:
         for path in args.ingest:
             new.extend(parse_lines(path.read_text()))
     elif not args.render_only:
