@@ -285,6 +285,16 @@ def test_full_loop_upload_train_events_download(server, client, tmp_path):
     assert "checkpoints/last.pt" in files and "regions.json" in files
     assert client.get(f"/jobs/{job['id']}")["state"] == "finished"
 
+    # Continue training: a new run starts from r1's final weights.
+    more = client.call("POST", "/jobs", payload={"workspace": "loop", "run_id": "r2", "init_from": "r1",
+                                                 "config": {**FAST_CONFIG, "iterations": 2, "predict_cases": "none"}})
+    events, _, reply = client.events_until(more["id"], lambda ev: False)
+    assert reply["state"] == "finished", events[-3:]
+    assert next(e for e in events if e["event"] == "started")["init_from"] is not None
+    with pytest.raises(HttpFailure) as refused:  # the server picks the device and the source run's path
+        client.call("POST", "/jobs", payload={"workspace": "loop", "config": {"init_from": "/etc"}})
+    assert refused.value.status == 400
+
 
 def test_paths_outside_the_workspace_are_refused(server, client, tmp_path):
     client.post("/workspaces", {"name": "guarded"})

@@ -97,6 +97,14 @@ class Workspaces:
         self.base.mkdir(parents=True, exist_ok=True)
         self._locks: dict = {}
         self._guard = threading.Lock()
+        self._remove_partial_uploads()
+
+    def _remove_partial_uploads(self) -> None:
+        """Temporary files of uploads cut off by a killed server (never renamed, so never used)."""
+        for pattern in ("*/.*.upload-*", "*/images/.*.upload-*", "*/labels/.*.upload-*"):
+            for leftover in self.base.glob(pattern):
+                if leftover.is_file() and not leftover.is_symlink():
+                    leftover.unlink()
 
     def lock(self, name: str) -> threading.Lock:
         with self._guard:

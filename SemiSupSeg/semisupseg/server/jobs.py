@@ -408,7 +408,7 @@ class JobManager:
         tail = _tail(self.jobs_dir / job["id"] / "worker.log")
         return FAILED, {"message": f"The training worker exited with code {returncode}: "
                                    f"{tail.splitlines()[-1] if tail else 'no output on stderr'}",
-                        "hint": "The server's log of this job: " + str(self.jobs_dir / job["id"] / "worker.log")}
+                        "hint": f"The worker's log is ROOT/jobs/{job['id']}/worker.log on the server."}
 
     def _interruption_message(self, job: dict) -> dict:
         checkpoint = (self.run_dir(job) / "checkpoints" / "last.pt").exists()
