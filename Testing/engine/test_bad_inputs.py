@@ -19,10 +19,11 @@ import gzip
 import hashlib
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict
 
 import numpy as np
 import pytest
@@ -317,8 +318,6 @@ def base_workspace(tmp_path_factory) -> Path:
 
 
 def fresh_copy(base: Path, tmp_path: Path) -> Path:
-    import shutil
-
     ws = tmp_path / "workspace"
     shutil.copytree(base, ws)
     return ws

@@ -285,8 +285,10 @@ def _check_nrrd(path: Path) -> None:
     encoding = fields.get("encoding", "").lower()
     byte_skip = _int_or_none(fields.get("byteskip", "0"))
     line_skip = _int_or_none(fields.get("lineskip", "0"))
-    if not value_bytes or not sizes or None in sizes or min(byte_skip or 0, line_skip or 0) < 0 or None in (byte_skip, line_skip):
-        return  # a layout this check does not follow (e.g. byte skip -1: the data is at the end)
+    if not value_bytes or not sizes or None in sizes or byte_skip is None or line_skip is None:
+        return  # a header this check cannot follow
+    if byte_skip < 0 or line_skip < 0:
+        return  # byte skip -1: the data is whatever the file ends with
     data_file = fields.get("datafile")
     if data_file is not None:
         if len(data_file.split()) != 1 or "%" in data_file or data_file.upper().startswith("LIST"):
@@ -304,6 +306,7 @@ def _check_nrrd(path: Path) -> None:
             _require_length(length, expected, True, ended)
         elif encoding == "raw":
             _require_length(os.fstat(stream.fileno()).st_size - stream.tell(), expected, False)
+        # text encodings (ascii, hex) have no fixed size per value: not checked
 
 
 def _nrrd_header(stream: BinaryIO) -> Tuple[Optional[dict], int]:
