@@ -9,7 +9,7 @@ DATA   ?=
 TORCH  ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-engine test-slicer bench clean gpu-bench
+.PHONY: setup demo test test-engine test-slicer bench clean screenshot gpu-bench
 
 $(VENV)/.engine-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,13 @@ GPU_PYTHON ?= python3
 GPU_BENCH_ARGS ?=
 gpu-bench:
 	$(GPU_PYTHON) Testing/benchmarks/gpu_bench.py $(if $(wildcard .gpu_wheels/*.whl),--wheels .gpu_wheels,) $(GPU_BENCH_ARGS)
+
+# The demo's results in Slicer's Red/Yellow/Green slice views, rendered headless (EGL) by
+# Slicer's own view code from the slicer-core wheel; runs `make demo` first when its run is absent.
+SCREENSHOT ?= Resources/Screenshots/SemiSupSeg-slice-views.png
+screenshot: $(VENV)/.slicer-installed
+	@test -f demo_output/workspace/runs/demo-dycon/regions.json || $(MAKE) demo
+	$(BIN)/python Testing/slicer_logic/slice_render.py demo_output/workspace demo-dycon $(SCREENSHOT)
 
 clean:
 	rm -rf $(VENV) demo_output .pytest_cache build

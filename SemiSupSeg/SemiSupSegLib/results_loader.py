@@ -14,18 +14,31 @@ import vtk
 from . import case_nodes, prediction_edits, workspace_files
 from .mrml_helpers import copyGeometry, geometryMatches, nodesByClass, readVolumeFile, temporaryNode
 
-# Display of the uncertainty overlay (values are entropy / ln C in [0, 1]).
+# Display of the uncertainty overlay (values are entropy / ln C in [0, 1]); see docs/display.md.
+# The colour window is fixed, so a colour means the same uncertainty in every case.
 UNCERTAINTY_WINDOW = (0.0, 1.0)
-UNCERTAINTY_THRESHOLD = 0.1  # voxels below are confident and drawn transparent
+# Display threshold, per case: the smallest value among the map's top UNCERTAINTY_TINTED_FRACTION
+# of voxels, never below UNCERTAINTY_THRESHOLD_FLOOR. Voxels below it are drawn transparent. On LA,
+# a fixed 0.1 tinted 28-50 % of the volume (issue 17): a tint everywhere marks nothing. 2 % keeps
+# the tint well inside the 5 % of the volume the top regions may cover; the floor (normalised
+# entropy of p = 0.97 vs 0.03, two classes) keeps a confident case's faint noise untinted.
+UNCERTAINTY_TINTED_FRACTION = 0.02
+UNCERTAINTY_THRESHOLD_FLOOR = 0.2
 UNCERTAINTY_OPACITY = 0.4
-# Slicer's file-based heat tables, best first; absent when Slicer's colour files are not installed.
-HEAT_COLOR_NODE_IDS = ("vtkMRMLColorTableNodeFileInferno.txt", "vtkMRMLColorTableNodeFileColdToHotRainbow.txt")
+# Heat colours: Slicer's built-in "CoolTint1" (white -> light blue -> cyan). It is bright over its
+# whole range (luminance >= 0.7: it lightens tissue, never darkens it) and cool, so it shares no hue
+# with the warm segment colours (red, orange, yellow) a prediction is usually drawn in. Built-in
+# tables exist in every Slicer and in the slicer-core wheel; the fallback is only a safety net.
+HEAT_COLOR_NODE_IDS = ("vtkMRMLColorTableNodeCoolTint1",)
 FALLBACK_HEAT_TABLE_NAME = "SemiSupSeg heat"
-# Anchor colours of the fallback heat ramp (black -> purple -> red -> orange -> pale yellow),
-# interpolated linearly; chosen by eye to read like Inferno.
+# Anchor colours of the fallback ramp, sampled from CoolTint1 at 0, 0.25, 0.5, 0.75 and 1 and
+# interpolated linearly (tested to stay within 0.02 of CoolTint1).
 _HEAT_ANCHORS = np.array(
-    [[0.00, 0.00, 0.02], [0.34, 0.06, 0.43], [0.73, 0.21, 0.33], [0.98, 0.55, 0.04], [0.99, 1.00, 0.64]]
+    [[1.00, 1.00, 1.00], [0.75, 0.81, 1.00], [0.50, 0.75, 1.00], [0.25, 0.81, 1.00], [0.00, 1.00, 1.00]]
 )
+# The prediction's outline thickness (pixels) while the heat overlay is on: its fill is hidden then,
+# so that a tinted voxel is uncertainty and never the prediction.
+PREDICTION_OUTLINE_THICKNESS = 2
 # Segment colours for classes without a user segment of the same name.
 SEGMENT_PALETTE = (
     (0.90, 0.35, 0.30), (0.35, 0.70, 0.35), (0.30, 0.50, 0.90), (0.95, 0.80, 0.25),
@@ -34,7 +47,7 @@ SEGMENT_PALETTE = (
 
 
 def heatColorNodeId(scene) -> str:
-    """ID of Inferno or ColdToHotRainbow when Slicer has them, else of SemiSupSeg's own heat table."""
+    """ID of Slicer's CoolTint1 table (built in), else of SemiSupSeg's own look-alike heat table."""
     for nodeId in HEAT_COLOR_NODE_IDS:
         if scene.GetNodeByID(nodeId) is not None:
             return nodeId
@@ -56,19 +69,64 @@ def _addFallbackHeatTable(scene, size: int = 256):
     return colorNode
 
 
+def displayThreshold(values, tintedFraction: float = UNCERTAINTY_TINTED_FRACTION,
+                     floor: float = UNCERTAINTY_THRESHOLD_FLOOR) -> float:
+    """Lowest uncertainty drawn for one case's map ``values`` (any shape, e.g. (k, j, i)).
+
+    With ``n`` finite voxels and ``m = floor(tintedFraction * n)``: ``t = max(floor, v_m)``, ``v_m``
+    the m-th largest value. Slicer draws values >= t, so ties at ``t`` could tint more than ``m``
+    voxels: then t moves to the next larger value present. Hence the tinted share
+    ``mean(values >= t)`` is at most ``tintedFraction`` (less when the floor decides: a confident
+    case may show no tint at all). ``t`` is always a value of the map (or the floor, or just above
+    the largest value), so Slicer's comparison in the map's float32 agrees with this one.
+    """
+    values = np.asarray(values, dtype=np.float64).ravel()
+    values = values[np.isfinite(values)]
+    allowed = int(np.floor(tintedFraction * values.size))
+    if allowed == 0:
+        return max(float(floor), _justAbove(values.max())) if values.size else float(floor)
+    threshold = max(float(floor), float(np.partition(values, values.size - allowed)[values.size - allowed]))
+    if np.count_nonzero(values >= threshold) > allowed:
+        above = values[values > threshold]
+        threshold = float(above.min()) if above.size else _justAbove(threshold)
+    return threshold
+
+
+def _justAbove(value: float) -> float:
+    """The next float32 above ``value``: nothing of a float32 map reaches it."""
+    return float(np.nextafter(np.float32(value), np.float32(np.inf)))
+
+
 def configureUncertaintyDisplay(volumeNode) -> None:
-    """Heat colours, fixed window 0..1, confident voxels transparent."""
+    """Heat colours, fixed window 0..1, and only the case's most uncertain voxels tinted
+    (threshold from ``displayThreshold`` of the node's values; the rest is transparent)."""
     if volumeNode.GetDisplayNode() is None:
         volumeNode.CreateDefaultDisplayNodes()
     displayNode = volumeNode.GetDisplayNode()
+    values = slicer.util.arrayFromVolume(volumeNode)
+    threshold = displayThreshold(values)
+    highest = float(np.nanmax(values)) if values.size else UNCERTAINTY_WINDOW[1]
     wasModifying = displayNode.StartModify()
     displayNode.SetAndObserveColorNodeID(heatColorNodeId(volumeNode.GetScene()))
     displayNode.AutoWindowLevelOff()
     displayNode.SetWindowLevelMinMax(*UNCERTAINTY_WINDOW)
     displayNode.AutoThresholdOff()
-    displayNode.SetLowerThreshold(UNCERTAINTY_THRESHOLD)
-    displayNode.SetUpperThreshold(UNCERTAINTY_WINDOW[1])
+    displayNode.SetLowerThreshold(threshold)
+    displayNode.SetUpperThreshold(max(UNCERTAINTY_WINDOW[1], threshold, highest))  # nothing above is hidden
     displayNode.ApplyThresholdOn()
+    displayNode.EndModify(wasModifying)
+
+
+def configurePredictionDisplay(segmentationNode, heatShown: bool) -> None:
+    """The prediction as an outline only while the heat overlay is on (its fill would tint the same
+    pixels as the heat); outline and fill, as Slicer draws segments, when it is off."""
+    if segmentationNode.GetDisplayNode() is None:
+        segmentationNode.CreateDefaultDisplayNodes()
+    displayNode = segmentationNode.GetDisplayNode()
+    wasModifying = displayNode.StartModify()
+    displayNode.SetVisibility2DOutline(True)
+    displayNode.SetVisibility2DFill(not heatShown)
+    displayNode.SetSliceIntersectionThickness(PREDICTION_OUTLINE_THICKNESS)
     displayNode.EndModify(wasModifying)
 
 
@@ -129,13 +187,18 @@ class ResultsLoader:
         uncertaintyNode = self._loadUncertainty(uncertaintyPath, volumeNode, caseId, runId)
         return {"segmentation": segmentationNode, "uncertainty": uncertaintyNode, "newerPredictionWaiting": False}
 
-    def showCase(self, caseId: str) -> None:
-        """Show a case's volume with its uncertainty overlay in all slice views (prediction stays visible)."""
+    def showCase(self, caseId: str, showUncertainty: bool = True, opacity: float = UNCERTAINTY_OPACITY) -> None:
+        """Show a case's volume in all slice views, with its uncertainty overlay when ``showUncertainty``
+        (prediction stays visible: outline only while the overlay is on, filled when it is off)."""
         volumeNode = case_nodes.volumeNodeForCase(self.scene, caseId)
         uncertaintyNode = case_nodes.resultNode(self.scene, caseId, case_nodes.UNCERTAINTY)
         if volumeNode is None:
             raise ValueError(f'No volume of case "{caseId}" in the scene.')
-        showInSliceViews(self.scene, volumeNode, uncertaintyNode)
+        shown = uncertaintyNode if showUncertainty else None
+        showInSliceViews(self.scene, volumeNode, shown, opacity)
+        predictionNode = case_nodes.resultNode(self.scene, caseId, case_nodes.PREDICTION)
+        if predictionNode is not None:
+            configurePredictionDisplay(predictionNode, heatShown=shown is not None)
 
     # -- loading ------------------------------------------------------------------------
 
