@@ -240,6 +240,16 @@ def test_a_label_added_while_training_changes_what_the_sampler_draws(tiny_worksp
     assert drawn_ids(trainer.sampler)[1] == [] and "case3" not in trainer.prepared
 
 
+def test_looking_at_an_unchanged_workspace_leaves_training_exactly_as_it_was(tiny_workspace, one_thread):
+    """A reload at every iteration that finds nothing changes nothing: the same losses bit for bit."""
+    losses = {}
+    for every in (0, 1):
+        _, sink = run_training(tiny_workspace, f"every{every}", iterations=5, reload_every=every)
+        assert not sink.of("workspace_reloaded") and not sink.of("warning")
+        losses[every] = [p["losses"]["loss"] for p in sink.of("progress")]
+    assert len(losses[0]) == 5 and losses[1] == losses[0]
+
+
 def test_a_changed_label_file_is_noticed_without_dataset_json_changing(tiny_workspace, one_thread):
     trainer = make_trainer(tiny_workspace, "fix", iterations=0)
     dataset_stat = os.stat(tiny_workspace / "dataset.json")
