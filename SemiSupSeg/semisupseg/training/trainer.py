@@ -40,6 +40,7 @@ from ..networks import build_network
 from .case_split import CaseSplit, split_cases
 from .checkpoint import load_checkpoint, save_checkpoint
 from .compilation import compile_network
+from .distributed import Distributed, NullEvents
 from .manifest import build_manifest, device_description
 from .schedules import learning_rate
 from .warm_start import class_names, warm_start
@@ -109,7 +110,9 @@ class Trainer:
         self.split = split_cases(self.spec, config["split"])
         training_cases = self.split.labelled + self.split.unlabelled
         validate_dataset(self.spec, cases=training_cases + self.split.held_out, require_labelled=True)
-        self.device = resolve_device(config["device"])
+        self.dist = Distributed.from_environment()  # torchrun: rank, world size (see distributed.py)
+        self.device = self.dist.device(resolve_device(config["device"]))
+        self.dist.start(self.device)
         self.num_classes = self.spec.num_classes
         self.prepared = self._prepare(config)
         shapes = [p.image.shape for p in self.prepared.values()]
@@ -130,6 +133,8 @@ class Trainer:
             weight_decay=self.config["optimizer"]["weight_decay"],
         )
         self.sampler = self._build_sampler()
+        self.dist.wrap(self.method, self.device)
+        self.dist.seed_rank(int(self.config["seed"]))
         self.iteration = 0
         # Training wall time of earlier parts of a resumed run (from the checkpoint) and the
         # start of this part; together they give the run's total in checkpoints and "finished".
@@ -202,7 +207,7 @@ class Trainer:
             unlabelled,
             tuple(self.config["patch_size"]),
             self.device,
-            seed=int(self.config["seed"]),
+            seed=self.dist.sampler_seed(int(self.config["seed"])),
             fg_fraction=float(self.config["fg_fraction"]),
         )
 
@@ -221,6 +226,9 @@ class Trainer:
     # ---- checkpoints ---------------------------------------------------------------------
     def save(self) -> Path:
         path = self.run_dir / "checkpoints" / "last.pt"
+        rank_rng = self.dist.gather_rng(self.sampler)  # a collective: every rank comes here
+        if not self.dist.is_main:
+            return path
         save_checkpoint(
             path,
             iteration=self.iteration,
@@ -228,7 +236,8 @@ class Trainer:
             optimizer=self.optimizer,
             sampler_rng=self.sampler.generator.get_state() if hasattr(self.sampler, "generator") else None,
             train_seconds=self.resumed_seconds + time.perf_counter() - self.part_started,
-            extra={"classes": class_names(self.spec.labels), "ema_offset": self.ema_offset},
+            extra={"classes": class_names(self.spec.labels), "ema_offset": self.ema_offset,
+                   **({"rank_rng": rank_rng} if rank_rng else {})},
         )
         self.events.emit("checkpoint", path=str(path), iteration=self.iteration)
         return path
@@ -250,6 +259,7 @@ class Trainer:
             self.sampler.generator.set_state(state["rng"]["sampler"])
         if "cuda" in state["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        self.dist.restore_rng(state, self.sampler, int(self.config["seed"]), self.iteration)
         log(f"resumed {self.run_dir.name} at iteration {self.iteration} of {self.total or 'a continuous run'}")
 
     # ---- the loop ------------------------------------------------------------------------
@@ -264,10 +274,10 @@ class Trainer:
             batch.x_u = batch.x_u.contiguous(memory_format=torch.channels_last_3d)
         self.method.train()
         with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16, enabled=self.autocast_dtype is not None):
-            out = self.method.training_step(batch, ctx)
+            out = self.dist.training_step(self.method, batch, ctx)
         # A non-finite loss skips the update (no EMA either), as the released code does. This is
         # the loop's one host sync per iteration; it protects the weights from a NaN step.
-        if not bool(torch.isfinite(out.loss)):
+        if not self.dist.all_finite(out.loss):
             self.skipped_steps += 1
             self.events.emit("warning", message=f"non-finite loss at iteration {self.iteration}; step skipped")
             self.iteration += 1
@@ -292,7 +302,7 @@ class Trainer:
         window_start, window_iteration = started, self.iteration
         try:
             while self.continuous or self.iteration < self.total:
-                if self.cancel.is_set():
+                if self.dist.any(self.cancel.is_set()):  # every rank stops after the same iteration
                     self.save()
                     return "cancelled"
                 self.serve_predict_request()
@@ -310,7 +320,7 @@ class Trainer:
                         "progress",
                         iteration=it,
                         total=None if self.continuous else self.total,
-                        losses={k: float(v) for k, v in parts.items()},
+                        losses=self.dist.mean_parts(parts),
                         lr=self.optimizer.param_groups[0]["lr"],
                         it_per_s=round(rate, 4),
                         eta_s=None if self.continuous else round((self.total - it) / max(rate, 1e-9), 1),
@@ -508,6 +518,8 @@ class Trainer:
         A file that is not a JSON list of ids gives a ``warning`` and is removed. Returns whether
         any case was predicted.
         """
+        if not self.dist.is_main:
+            return False
         request = self.run_dir / PREDICT_REQUEST
         if not request.exists():
             return False
@@ -555,6 +567,8 @@ class Trainer:
         """
         from ..inference.predictor import predict_cases
 
+        if not self.dist.is_main:  # rank 0 predicts for the run
+            return
         some_only = case_ids is not None
         previous = read_regions(self.run_dir) if some_only else None
         predict_cases(
@@ -611,6 +625,8 @@ def train_workspace(
     """Run ``semisupseg train``; returns "finished" or "cancelled" (InputError for bad input)."""
     workspace = Path(workspace).resolve()
     events = events or EventWriter()
+    if not Distributed.from_environment().is_main:
+        events = NullEvents()  # rank 0 reports for a torchrun job
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     if not (workspace / "dataset.json").is_file():
         raise InputError(
@@ -634,10 +650,12 @@ def train_workspace(
     trainer = Trainer(workspace, config, run_dir, events, resume)
     run_dir.mkdir(parents=True, exist_ok=True)
     events.attach(run_dir / "events.jsonl")
-    save_json_atomic(trainer.config, run_dir / "config.json")
+    if trainer.dist.is_main:
+        save_json_atomic(trainer.config, run_dir / "config.json")
     inputs = [p for c in trainer.split.labelled for p in (c.image, c.label)]
     inputs += [c.image for c in trainer.split.unlabelled + trainer.split.held_out]
-    save_json_atomic(build_manifest(trainer.device, inputs), run_dir / "manifest.json")
+    if trainer.dist.is_main:
+        save_json_atomic(build_manifest(trainer.device, inputs), run_dir / "manifest.json")
     if resume:
         trainer.restore()
     events.emit(
@@ -655,7 +673,10 @@ def train_workspace(
         held_out=len(trainer.split.held_out),
         patch_size=trainer.config["patch_size"],
     )
-    state = trainer.run()
+    try:
+        state = trainer.run()
+    finally:
+        trainer.dist.close()
     if state == "cancelled":
         events.emit("cancelled", iteration=trainer.iteration, checkpoint=str(run_dir / "checkpoints" / "last.pt"))
     return state
