@@ -15,13 +15,17 @@ nnU-Net v2 (no file lists: ``imagesTr/<id>_0000<file_ending>``, ``labels`` as na
 read too. In both MSD forms the case id is the image file name without its extension (and
 without nnU-Net's ``_0000`` channel suffix).
 
+Partial labels: ``"ignore_label": 255`` (any int 0..255 that is not a class) declares the label
+value meaning "not annotated". A label file may then hold it wherever nobody labelled; such a
+case is *partially labelled*. Without the key every label value must be a class.
+
 Only the description is read here; whether the files exist and agree is ``validate.py``'s job.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Union
 
@@ -34,11 +38,16 @@ _CHANNEL_SUFFIX = "_0000"  # nnU-Net names the first (only) channel <id>_0000.<e
 
 @dataclass(frozen=True)
 class Case:
-    """One volume: its id, image file and label file (``None`` when unlabelled)."""
+    """One volume: its id, image file and label file (``None`` when unlabelled).
+
+    ``ignore_label`` is the dataset's "not annotated" value (``DatasetSpec.ignore_label``), carried
+    on each case so that whoever reads the label file (``prepare_case``) knows it.
+    """
 
     id: str
     image: Path
     label: Optional[Path]
+    ignore_label: Optional[int] = None
 
     @property
     def labelled(self) -> bool:
@@ -55,6 +64,7 @@ class DatasetSpec:
     labels: Dict[int, str]
     cases: List[Case]
     layout: str  # "workspace" | "msd"
+    ignore_label: Optional[int] = None  # label value meaning "not annotated" (partial labels)
 
     @property
     def num_classes(self) -> int:
@@ -98,13 +108,18 @@ def load_dataset(root: Union[str, Path]) -> DatasetSpec:
             "or point to a folder in the Medical Segmentation Decathlon layout.",
         )
     _check_case_ids(root, cases)
+    labels = _parse_labels(root, description.get("labels"))
+    ignore_label = _parse_ignore_label(root, description.get("ignore_label"), labels)
+    if ignore_label is not None:
+        cases = [replace(case, ignore_label=ignore_label) for case in cases]
     return DatasetSpec(
         root=root,
         name=str(description.get("name") or root.name),
         modality=_first_modality(description),
-        labels=_parse_labels(root, description.get("labels")),
+        labels=labels,
         cases=cases,
         layout=layout,
+        ignore_label=ignore_label,
     )
 
 
@@ -169,6 +184,25 @@ def _parse_labels(root: Path, labels: object) -> Dict[int, str]:
     if values != list(range(len(values))):
         raise InputError(f"{where}: label values {values} are not 0..{len(values) - 1} without gaps.", hint)
     return dict(sorted(parsed.items()))
+
+
+def _parse_ignore_label(root: Path, value: object, labels: Dict[int, str]) -> Optional[int]:
+    """``ignore_label``: absent/null -> None; else an int 0..255 that is not a class value."""
+    if value is None:
+        return None
+    where = root / DATASET_FILE
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 255:
+        raise InputError(
+            f"{where}: ignore_label {value!r} is not an integer from 0 to 255.",
+            'Write the "not annotated" label value as a number, e.g. "ignore_label": 255, or remove the key.',
+        )
+    if value in labels:
+        raise InputError(
+            f"{where}: ignore_label {value} is also the class '{labels[value]}' in 'labels'; a voxel "
+            "cannot be both that class and not annotated.",
+            f"Use a value that is no class (255 is the usual one; classes are 0..{len(labels) - 1}).",
+        )
+    return value
 
 
 def _workspace_cases(root: Path, entries: object) -> List[Case]:

@@ -10,6 +10,11 @@ Normalisation by modality (the first channel's, from ``dataset.json``):
   When more than half of the volume is exactly 0 (skull-stripped or masked/cropped data), the
   zeros are padding rather than tissue: mean and std come from the non-zero voxels only and the
   zero voxels are set to 0 afterwards (the tissue mean), so the padding does not dominate.
+
+Partial labels: a label voxel equal to the dataset's ``ignore_label`` ("not annotated") becomes
+``NOT_ANNOTATED_STORED`` (255) in ``PreparedCase.label``, whatever value the dataset declared, so
+nothing downstream needs the dataset's value (the sampler turns 255 into the losses' -1). Labels
+are resampled by nearest neighbour, which copies values and so keeps "not annotated" intact.
 """
 
 from __future__ import annotations
@@ -28,6 +33,10 @@ Spacing = Tuple[float, float, float]
 
 _EPS = 1e-8
 
+# "Not annotated" in the uint8 label arrays of PreparedCase. No class can be 255: classes are
+# 0..C-1 and a label array holding 255 classes plus this value would need C = 256 > 255.
+NOT_ANNOTATED_STORED = 255
+
 
 @dataclass
 class PreparedCase:
@@ -35,13 +44,18 @@ class PreparedCase:
 
     id: str
     image: np.ndarray  # float32 (x, y, z), normalised, on the training grid
-    label: Optional[np.ndarray]  # uint8 (x, y, z) on the training grid, or None
+    label: Optional[np.ndarray]  # uint8 (x, y, z) on the training grid, or None; 255 = not annotated
     reference: sitk.Image  # the original grid (uint8 placeholder voxels): where outputs are written
     spacing: Spacing  # training-grid spacing (x, y, z) in mm
 
     @property
     def shape(self) -> Tuple[int, int, int]:
         return tuple(self.image.shape)
+
+    @property
+    def partially_labelled(self) -> bool:
+        """True when the label has "not annotated" voxels (reads the whole label array)."""
+        return self.label is not None and bool(np.any(self.label == NOT_ANNOTATED_STORED))
 
 
 def normalise_intensity(
@@ -130,7 +144,8 @@ def prepare_case(
     """Read a case, resample it to ``target_spacing`` (when given and different), normalise.
 
     The label (read when ``with_label`` and the case has one) is resampled onto the image's
-    training grid itself, so image and label arrays always have the same shape.
+    training grid itself, so image and label arrays always have the same shape. Its
+    ``case.ignore_label`` voxels become ``NOT_ANNOTATED_STORED`` (see the module docstring).
     """
     original = read_image(case.image)
     image = sitk.Cast(original, sitk.sitkFloat32)
@@ -142,6 +157,7 @@ def prepare_case(
     label = None
     if with_label and case.label is not None:
         label_img = read_image(case.label)
+        _check_something_annotated(case, label_img)
         if resampled:
             label_img = resample_like(label_img, image, is_label=True)
         elif label_img.GetSize() != original.GetSize():
@@ -149,7 +165,7 @@ def prepare_case(
                 f"Case '{case.id}': label size {label_img.GetSize()} differs from image size {original.GetSize()}.",
                 "Resample the label onto its image grid (validate_dataset reports the details).",
             )
-        label = _label_array(case, to_array(label_img))
+        label = _annotation_coded(case, _label_array(case, to_array(label_img)))
     return PreparedCase(
         id=case.id,
         image=normalise_intensity(to_array(image), modality, ct_window),
@@ -167,6 +183,38 @@ def _label_array(case: Case, values: np.ndarray) -> np.ndarray:
             "Use label values 0..C-1 as declared in dataset.json 'labels'.",
         )
     return np.ascontiguousarray(np.rint(values) if values.dtype.kind == "f" else values, dtype=np.uint8)
+
+
+def _check_something_annotated(case: Case, label_img: sitk.Image) -> None:
+    """A label file whose every voxel is the ignore value is refused (checked on the file's own
+    grid: annotated voxels that resampling drops are the sampler's business, see sampling.py)."""
+    if case.ignore_label is None:
+        return
+    extrema = sitk.MinimumMaximumImageFilter()
+    extrema.Execute(label_img)
+    if extrema.GetMinimum() == extrema.GetMaximum() == case.ignore_label:
+        raise InputError(
+            f"Case '{case.id}': label file {case.label} has no annotated voxel (every voxel is "
+            f"{case.ignore_label}, the ignore_label meaning 'not annotated').",
+            "Annotate at least one region of this case, or set its 'label' to null in dataset.json "
+            "so it trains as an unlabelled case.",
+        )
+
+
+def _annotation_coded(case: Case, label: np.ndarray) -> np.ndarray:
+    """``label`` with the case's ignore value as ``NOT_ANNOTATED_STORED``; refuses a 255 that the
+    dataset did not declare (it would otherwise read as "not annotated")."""
+    if case.ignore_label != NOT_ANNOTATED_STORED:
+        if label.size and int(label.max()) == NOT_ANNOTATED_STORED:
+            raise InputError(
+                f"Case '{case.id}': label file {case.label} contains value 255, which dataset.json "
+                "does not declare.",
+                'If 255 marks voxels that are not annotated, add "ignore_label": 255 to dataset.json; '
+                "otherwise relabel the segmentation with values 0..C-1.",
+            )
+        if case.ignore_label is not None:
+            label[label == case.ignore_label] = NOT_ANNOTATED_STORED
+    return label
 
 
 def _interpolator(is_label: bool) -> int:

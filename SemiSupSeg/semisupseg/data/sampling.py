@@ -8,6 +8,19 @@ the in-plane patch is square, random flips of x and y) runs on the batch, on the
 
 All randomness comes from one CPU ``torch.Generator`` seeded with ``seed`` (plus a device
 generator for the optional noise), so the same seed and the same cases give the same batches.
+
+Partial labels. A labelled case whose label holds "not annotated" voxels (255 in
+``PreparedCase.label``) is *partially labelled*:
+- its labelled patches are centred on a random annotated voxel (foreground-centred ones on a
+  random annotated foreground voxel), never uniform, so every labelled patch holds at least one
+  annotated voxel; fully labelled cases are sampled exactly as before (same random stream);
+- ``Batch.y_l`` carries its unannotated voxels as ``losses.NOT_ANNOTATED`` (-1);
+- it also joins the unlabelled stream (sharing the image tensor, no extra memory), so the
+  semi-supervised terms see its unannotated voxels as unlabelled data; only when the sampler
+  has an unlabelled stream (``unlabelled_stream=True``, the trainer's setting for every method
+  that uses unlabelled data);
+- if none of its voxels is annotated on the training grid (a tiny region lost to resampling),
+  it is left out of the labelled stream with a warning (and still feeds the unlabelled one).
 """
 
 from __future__ import annotations
@@ -21,8 +34,9 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..losses.annotation import NOT_ANNOTATED
 from ..methods.base import Batch
-from .preprocess import PreparedCase
+from .preprocess import NOT_ANNOTATED_STORED, PreparedCase
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +53,15 @@ class _Volume:
 
     id: str
     image: torch.Tensor  # float32 (X, Y, Z) on the storage device
-    label: Optional[torch.Tensor]  # uint8 (X, Y, Z) on the storage device
-    foreground: np.ndarray  # int64 C-order flat indices of label > 0 (empty when unlabelled)
+    label: Optional[torch.Tensor]  # uint8 (X, Y, Z) on the storage device, 255 = not annotated
+    foreground: np.ndarray  # int64 C-order flat indices of annotated label > 0 (empty when unlabelled)
+    # int64 flat indices of the annotated voxels of a partially labelled volume; None when every
+    # voxel is annotated (fully labelled) or none is used (unlabelled stream).
+    annotated: Optional[np.ndarray] = None
+
+    @property
+    def partial(self) -> bool:
+        return self.annotated is not None
 
     @property
     def shape(self) -> Tuple[int, int, int]:
@@ -62,9 +83,14 @@ class PatchSampler:
         rotate90: random k * 90 degree rotation in the (x, y) plane (only when patch x == y).
         flip: random flip of x and of y, each with p = 0.5.
         noise: standard deviation of Gaussian noise added to all image patches (None: off).
+        unlabelled_stream: whether partially labelled cases of ``labelled`` also join the
+            unlabelled stream (the trainer passes the method's ``uses_unlabelled``, as it passes
+            an empty ``unlabelled`` list to methods that use no unlabelled data).
 
     ``sample(n_l, n_u)`` returns ``Batch(x_l (n_l, 1, X, Y, Z) float32, y_l (n_l, X, Y, Z)
-    int64, x_u (n_u, 1, X, Y, Z) float32)`` on ``device``; image and label share one transform.
+    int64 with -1 = not annotated, x_u (n_u, 1, X, Y, Z) float32)`` on ``device``; image and
+    label share one transform. ``labelled_case_ids``, ``unlabelled_case_ids`` and
+    ``partially_labelled_case_ids`` say which cases each stream draws from.
     """
 
     def __init__(
@@ -78,6 +104,7 @@ class PatchSampler:
         rotate90: bool = True,
         flip: bool = True,
         noise: Optional[float] = None,
+        unlabelled_stream: bool = True,
     ):
         if len(patch_size) != 3 or min(int(p) for p in patch_size) < 1:
             raise ValueError(f"patch_size must be three positive integers, got {patch_size}")
@@ -89,6 +116,7 @@ class PatchSampler:
         self.rotate90 = bool(rotate90)
         self.flip = bool(flip)
         self.noise = float(noise) if noise else None
+        self.unlabelled_stream = bool(unlabelled_stream)
         self.generator = torch.Generator().manual_seed(int(seed))
         self._noise_generator = (
             torch.Generator(device=self.device).manual_seed(int(seed) + 1) if self.noise else None
@@ -112,8 +140,31 @@ class PatchSampler:
             raise ValueError(f"labelled cases without a label array: {missing}")
         self._labelled, self._unlabelled = [], []  # release the old tensors before measuring memory
         self.storage_device = self._choose_storage(list(labelled) + list(unlabelled))
-        self._labelled = [self._upload(case, with_label=True) for case in labelled]
+        uploaded = [self._upload(case, with_label=True) for case in labelled]
+        partial = [volume for volume in uploaded if volume.partial]
+        self._labelled = self._drawable(uploaded)
         self._unlabelled = [self._upload(case, with_label=False) for case in unlabelled]
+        if self.unlabelled_stream:
+            # The same image tensor, without its label: no second copy on the device.
+            self._unlabelled += [_Volume(v.id, v.image, None, np.empty(0, dtype=np.int64)) for v in partial]
+
+    @staticmethod
+    def _drawable(volumes: List[_Volume]) -> List[_Volume]:
+        """Labelled volumes with at least one annotated voxel; the others are left out with a
+        warning (their annotation vanished on the training grid), or an InputError if none is left."""
+        empty = [v.id for v in volumes if v.partial and v.annotated.size == 0]
+        if empty:
+            logger.warning(
+                "No annotated voxel left on the training grid in case(s) %s (the annotated regions "
+                "are smaller than a training voxel): they train as unlabelled cases.", ", ".join(empty),
+            )
+        kept = [v for v in volumes if v.id not in empty]
+        if not kept:
+            raise InputError(
+                f"No annotated voxel in any labelled case on the training grid ({', '.join(empty)}).",
+                "Annotate larger regions, or train at a finer target_spacing.",
+            )
+        return kept
 
     @property
     def num_labelled(self) -> int:
@@ -124,10 +175,26 @@ class PatchSampler:
         return len(self._unlabelled)
 
     @property
+    def labelled_case_ids(self) -> List[str]:
+        """Ids of the cases labelled patches are drawn from (fully and partially labelled)."""
+        return [v.id for v in self._labelled]
+
+    @property
+    def unlabelled_case_ids(self) -> List[str]:
+        """Ids of the cases unlabelled patches are drawn from (unlabelled, then partially labelled)."""
+        return [v.id for v in self._unlabelled]
+
+    @property
+    def partially_labelled_case_ids(self) -> List[str]:
+        """Ids of the labelled-stream cases that have "not annotated" voxels."""
+        return [v.id for v in self._labelled if v.partial]
+
+    @property
     def resident_bytes(self) -> int:
-        """Bytes held by the volumes (on ``storage_device``)."""
+        """Bytes held by the volumes (on ``storage_device``); a shared image tensor counts once."""
         volumes = self._labelled + self._unlabelled
-        return sum(v.image.nelement() * 4 + (v.label.nelement() if v.label is not None else 0) for v in volumes)
+        images = {id(v.image): v.image.nelement() * 4 for v in volumes}
+        return sum(images.values()) + sum(v.label.nelement() for v in volumes if v.label is not None)
 
     def _choose_storage(self, cases: Sequence[PreparedCase]) -> torch.device:
         """The training device when the padded volumes take at most half its free memory, else CPU."""
@@ -153,18 +220,28 @@ class PatchSampler:
         # Pad with the image minimum: "outside" is the darkest value after normalisation
         # (air in CT, background in MR), not the mean that 0 would be.
         image = _pad_to(image, self.patch_size, float(image.min()) if image.size else 0.0)
-        label, foreground = None, np.empty(0, dtype=np.int64)
+        label, foreground, annotated = None, np.empty(0, dtype=np.int64), None
         if with_label:
-            label_arr = _pad_to(np.asarray(case.label, dtype=np.uint8), self.patch_size, 0)
+            label_arr = np.asarray(case.label, dtype=np.uint8)
+            partial = bool(np.any(label_arr == NOT_ANNOTATED_STORED))
+            # Padding of a partial volume is "not annotated" too, so a patch drawn around an
+            # annotated voxel never counts padding as labelled background.
+            label_arr = _pad_to(label_arr, self.patch_size, NOT_ANNOTATED_STORED if partial else 0)
             # Indices stay on the CPU: crop starts must be Python ints for slicing, and reading
             # them from GPU memory would synchronise the device once per patch.
-            foreground = np.flatnonzero(label_arr).astype(np.int64)
+            if partial:
+                is_annotated = label_arr != NOT_ANNOTATED_STORED
+                annotated = np.flatnonzero(is_annotated).astype(np.int64)
+                foreground = np.flatnonzero(is_annotated & (label_arr > 0)).astype(np.int64)
+            else:
+                foreground = np.flatnonzero(label_arr).astype(np.int64)
             label = torch.from_numpy(np.ascontiguousarray(label_arr)).to(self.storage_device)
         return _Volume(
             id=case.id,
             image=torch.from_numpy(np.ascontiguousarray(image)).to(self.storage_device),
             label=label,
             foreground=foreground,
+            annotated=annotated,
         )
 
     # --------------------------------------------------------------- sampling
@@ -189,8 +266,9 @@ class PatchSampler:
             self._start(self._labelled[c], foreground=i < n_foreground) for i, c in enumerate(picks)
         ]
         images = [_crop(self._labelled[c].image, s, self.patch_size) for c, s in zip(picks, starts)]
-        labels = [_crop(self._labelled[c].label, s, self.patch_size) for c, s in zip(picks, starts)]
-        return self._batch(images, torch.float32).unsqueeze(1), self._batch(labels, torch.int64)
+        labels = self._batch([_crop(self._labelled[c].label, s, self.patch_size) for c, s in zip(picks, starts)], torch.int64)
+        labels = torch.where(labels == NOT_ANNOTATED_STORED, torch.full_like(labels, NOT_ANNOTATED), labels)
+        return self._batch(images, torch.float32).unsqueeze(1), labels
 
     def _unlabelled_patches(self, n: int) -> torch.Tensor:
         if not self._unlabelled or n == 0:
@@ -203,16 +281,21 @@ class PatchSampler:
         return self._batch(images, torch.float32).unsqueeze(1)
 
     def _start(self, volume: _Volume, foreground: bool) -> Tuple[int, int, int]:
-        """Crop corner: around a random foreground voxel (kept inside the patch), or uniform."""
+        """Crop corner: around a random (annotated) foreground voxel when ``foreground``; else
+        around a random annotated voxel of a partially labelled volume; else uniform."""
         limits = [size - patch for size, patch in zip(volume.shape, self.patch_size)]
         if foreground and volume.foreground.size:
-            flat = int(volume.foreground[self._randint(volume.foreground.size, 1)[0]])
-            centre = np.unravel_index(flat, volume.shape)
-            # Clamping keeps the centre voxel inside: start <= centre < start + patch.
-            return tuple(
-                min(max(int(c) - p // 2, 0), limit) for c, p, limit in zip(centre, self.patch_size, limits)
-            )
+            return self._start_around(volume, volume.foreground, limits)
+        if volume.partial:
+            return self._start_around(volume, volume.annotated, limits)
         return tuple(self._randint(limit + 1, 1)[0] for limit in limits)
+
+    def _start_around(self, volume: _Volume, flat_indices: np.ndarray, limits: List[int]) -> Tuple[int, int, int]:
+        """Crop corner of a patch holding one of ``flat_indices`` (chosen at random)."""
+        flat = int(flat_indices[self._randint(flat_indices.size, 1)[0]])
+        centre = np.unravel_index(flat, volume.shape)
+        # Clamping keeps the centre voxel inside: start <= centre < start + patch.
+        return tuple(min(max(int(c) - p // 2, 0), limit) for c, p, limit in zip(centre, self.patch_size, limits))
 
     def _batch(self, patches: List[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
         if not patches:

@@ -8,7 +8,8 @@ Per case, in this order (the first failure is reported):
    reader already maps non-finite values to 0, NRRD and MetaImage keep them),
 5. the label file exists, is readable, 3D and single-component (when the case has a label),
 6. the label grid equals the image grid (size, spacing, origin, direction, within tolerance),
-7. every label value is declared in ``dataset.json``'s ``labels``.
+7. every label value is declared in ``dataset.json``'s ``labels`` (or is its ``ignore_label``,
+   "not annotated"), and a label file has at least one annotated voxel.
 Before the cases: at least one case is labelled (when ``require_labelled``).
 
 Header checks use ``ImageFileReader.ReadImageInformation`` (no voxels); steps 4 and 7 read
@@ -175,8 +176,16 @@ def _check_finite(spec: DatasetSpec, case: Case) -> None:
 
 def _check_label_values(spec: DatasetSpec, case: Case) -> None:
     values = np.unique(_voxels(spec, case, case.label, "label"))
-    declared = np.asarray(sorted(spec.labels), dtype=np.float64)
+    ignore = spec.ignore_label  # "not annotated" (partial labels), only when dataset.json declares it
+    declared = np.asarray(sorted(spec.labels) + ([] if ignore is None else [ignore]), dtype=np.float64)
     undeclared = [v for v in values.tolist() if not np.any(declared == v)]
+    if ignore is not None and not undeclared and values.tolist() == [ignore]:
+        raise InputError(
+            f"Case '{case.id}': label file {_shown(spec, case.label)} has no annotated voxel (every "
+            f"voxel is {ignore}, the ignore_label meaning 'not annotated').",
+            "Annotate at least one region of this case (e.g. Accept region in 3D Slicer), or set its "
+            "'label' to null in dataset.json so it trains as an unlabelled case.",
+        )
     if undeclared:
         listed = ", ".join(_fmt_value(v) for v in undeclared[:10])
         more = f" and {len(undeclared) - 10} more" if len(undeclared) > 10 else ""

@@ -17,6 +17,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from .annotation import annotated_mask, fill_not_annotated
+
 # Inside the log of the entropy used by the entropy filter (the released code's value).
 FILTER_ENTROPY_EPS = 1e-10
 # Added to the mask count of the mutual-correction mean (the released code's value).
@@ -63,16 +65,17 @@ def confident_disagreement_mask(probs_a: torch.Tensor, probs_b: torch.Tensor, ta
 
 
 def mutual_correction_loss(probs: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """L_mc = sum_v M_v sum_{c>=1} (p_{c,v} - [y_v = c])^2 / (sum_v M_v + 1e-16).
+    """L_mc = sum_v M_v sum_{c>=1} (p_{c,v} - [y_v = c])^2 / (sum_v M_v + 1e-16),
+    M_v = mask_v [y_v != -1]: a not-annotated voxel (partial labels) has no target to correct to.
 
     For C = 2 this is the reference's sum_v M_v (p_{1,v} - y_v)^2 / (sum_v M_v + 1e-16).
-    probs (B, C, *S) with gradient, target (B, *S) int, mask (B, *S) bool -> 0-d tensor
-    (0 with a graph when the mask is empty).
+    probs (B, C, *S) with gradient, target (B, *S) int (-1 = not annotated), mask (B, *S) bool
+    -> 0-d tensor (0 with a graph when no voxel is left).
     """
     probs = probs.float()
-    one_hot = F.one_hot(target.long(), probs.shape[1]).movedim(-1, 1).float()
+    one_hot = F.one_hot(fill_not_annotated(target), probs.shape[1]).movedim(-1, 1).float()
     squared_error = ((probs - one_hot)[:, 1:] ** 2).sum(dim=1)
-    weights = mask.float()
+    weights = (mask.bool() & annotated_mask(target)).float()
     return (weights * squared_error).sum() / (weights.sum() + MASK_EPS)
 
 

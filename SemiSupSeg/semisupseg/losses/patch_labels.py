@@ -23,9 +23,15 @@ def block_mean(volume: torch.Tensor, block: int = 8) -> torch.Tensor:
 
 
 def block_labels(voxel_labels: torch.Tensor, block: int = 8, num_classes: int = 2) -> torch.Tensor:
-    """Majority class of each block: voxel_labels (B, X, Y, Z) int in [0, C) -> (B, N) int64.
+    """Majority class of each block's annotated voxels: voxel_labels (B, X, Y, Z) int in [0, C)
+    or -1 (not annotated, partial labels) -> (B, N) int64.
 
-    Ties go to the lowest class index (``argmax`` returns the first maximum).
+        label_n = argmax_c #{v in block n : y_v = c}   if block n has an annotated voxel, else -1
+
+    Only annotated voxels vote, so a block half annotated as foreground takes the foreground
+    label from the voxels someone labelled, and a block with no annotated voxel takes no part
+    in FeCL (-1, FeCL's "excluded"). Ties go to the lowest class index (``argmax`` returns the
+    first maximum). A fully labelled volume gives the plain majority of every block.
     """
     _check_divisible(tuple(voxel_labels.shape[1:]), block)
     # One pooled class fraction at a time: memory stays at one float volume, not C of them.
@@ -35,8 +41,10 @@ def block_labels(voxel_labels: torch.Tensor, block: int = 8, num_classes: int = 
             for c in range(num_classes)
         ],
         dim=1,
-    )  # (B, C, X/b, Y/b, Z/b)
-    return fractions.argmax(dim=1).flatten(1)
+    )  # (B, C, X/b, Y/b, Z/b); summed over c: the block's annotated fraction
+    labels = fractions.argmax(dim=1).flatten(1)
+    annotated = fractions.sum(dim=1).flatten(1) > 0
+    return torch.where(annotated, labels, torch.full_like(labels, -1))
 
 
 @torch.no_grad()

@@ -20,8 +20,11 @@ from torch import nn
 class Batch:
     """One training batch, already on the training device and augmented.
 
-    x_l: (B_l, 1, X, Y, Z) float labelled images;  y_l: (B_l, X, Y, Z) int64 labels in [0, C)
-    x_u: (B_u, 1, X, Y, Z) float unlabelled images (B_u may be 0 for supervised-only).
+    x_l: (B_l, 1, X, Y, Z) float labelled images;  y_l: (B_l, X, Y, Z) int64 labels in [0, C),
+        or ``losses.NOT_ANNOTATED`` (-1) for voxels of a partially labelled case nobody annotated
+        (every supervised term skips them); each labelled patch has at least one annotated voxel.
+    x_u: (B_u, 1, X, Y, Z) float unlabelled images (B_u may be 0 for supervised-only); partially
+        labelled cases are drawn here too.
     """
 
     x_l: torch.Tensor

@@ -21,13 +21,19 @@ Training step (B = B_l + B_u patches, C classes):
     L_l = (CE + Dice)(s_l, y) + lambda_h L_URL,   L_URL = (CE + Dice)(s_l, y | M_h)
     L_u = CE(s_u, argmax t_u | M_l) [+ Dice(s_u, argmax t_u | M_l)]
     L   = L_l + lambda_u ramp(t/T; 0.4) L_u
+
+Partial labels (``y = -1`` where not annotated): L_l and URL count annotated voxels only, and
+percentile-mode M_h is the most uncertain share *of the annotated voxels*. The unannotated
+voxels of a partially labelled case are treated as unlabelled data: the sampler also feeds that
+case to the unlabelled stream, where CRL's pseudo-labels cover them; the labelled rows take no
+CRL term (their annotated voxels have better targets than pseudo-labels).
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..losses import SupervisedLoss
+from ..losses import SupervisedLoss, annotated_mask
 from ..losses.region_terms import (
     THRESHOLD_MODES,
     high_uncertainty_mask,
@@ -74,8 +80,8 @@ class BidirectionalRegion(Method):
         unlabelled_weight: lambda_u; 1.0.   unlabelled_ramp: its sigmoid ramp, fraction of the run; 0.4.
         unlabelled_dice: add a masked Dice term to CRL; false.
 
-    Logged parts: sup, ce, dice (plain supervised), url, crl, high_fraction (share of labelled
-    voxels in M_h; the mean U in soft mode), low_fraction (share of unlabelled voxels in M_l).
+    Logged parts: sup, ce, dice (plain supervised), url, crl, high_fraction (share of annotated
+    labelled voxels in M_h; the mean U in soft mode), low_fraction (share of unlabelled voxels in M_l).
     """
 
     name = "bidirectional_region"
@@ -159,10 +165,11 @@ class BidirectionalRegion(Method):
         o = self.options
         if o["labelled_weighting"] == "soft":
             return uncertainty_weighted_cross_entropy(logits, target, uncertainty), uncertainty.mean()
+        annotated = annotated_mask(target)
         mask = high_uncertainty_mask(uncertainty, o["threshold_mode"], o["high_uncertainty_fraction"],
-                                     o["high_uncertainty_threshold"])
+                                     o["high_uncertainty_threshold"], valid=annotated)
         loss = masked_cross_entropy(logits, target, mask) + masked_dice_loss(logits, target, mask)
-        return loss, mask.float().mean()
+        return loss, mask.float().sum() / annotated.float().sum().clamp_min(1.0)
 
     def _crl(self, logits, teacher_probs, uncertainty, progress):
         """Pseudo-label loss where the teacher is sure: (loss, share of voxels in M_l)."""

@@ -35,6 +35,12 @@ full resolution, as in the paper). For B we use its ``forward_decoder_features``
 has one; otherwise the input of its ``head_dropout`` module (the last decoder feature map of the
 engine's ``vnet`` and ``unet3d``) captured by a forward pre-hook. Pseudo-labels and masks are
 brought to the feature grid by nearest-neighbour sampling when the grids differ.
+
+Partial labels (y = -1 where not annotated): L1's CE + Dice and its mutual-correction term count
+annotated voxels only (the weaker network is chosen on that masked Dice). L3 and L4 run on every
+patch, so the unannotated voxels of the labelled patches get them like unlabelled voxels; L2 and
+L5 reach those voxels through the unlabelled stream, which the sampler also feeds every partially
+labelled case to.
 """
 
 from __future__ import annotations

@@ -8,6 +8,13 @@ FeCL runs separately on the labelled patches (patch labels from the ground truth
 unlabelled ones (patch labels from the teacher's prediction where it is confident, decision D1);
 the two parts are logged separately and L_FeCL is their anchor-weighted mean, i.e. exactly the
 mean over all anchors of both streams (a stream without anchors does not dilute the other).
+
+Partial labels (``y = -1`` where not annotated): L_sup counts annotated voxels only; a labelled
+block's FeCL label is the majority of its annotated voxels, and a block with none is left out of
+the labelled stream (label -1, also as a teacher negative). UnCL already runs on every patch,
+labelled rows included, so their unannotated voxels get the consistency term there. The same
+unannotated voxels reach FeCL through the unlabelled stream: the sampler feeds every partially
+labelled case to it as well, where blocks take the teacher's confident pseudo-labels (D1).
 """
 
 from __future__ import annotations

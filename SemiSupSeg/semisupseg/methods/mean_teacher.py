@@ -16,6 +16,11 @@ class MeanTeacher(Method):
 
     w(t) = consistency * exp(-5 (1 - min(t / (ramp * T), 1))^2); the teacher is the EMA of the
     student (alpha_t = min(1 - 1/(t+1), ema_decay)) and sees the input with clipped Gaussian noise.
+
+    Partial labels (y = -1 where not annotated): L_sup counts annotated voxels only; the
+    consistency term already covers every voxel of every patch, so unannotated voxels of the
+    labelled patches are treated exactly like unlabelled ones (and a partially labelled case
+    also feeds the unlabelled stream, see ``data/sampling.py``).
     """
 
     name = "mean_teacher"

@@ -9,7 +9,9 @@ from .base import Batch, Method, StepContext, StepOutput
 class SupervisedOnly(Method):
     """The lower bound every semi-supervised table reports: L = CE + Dice on labelled patches.
 
-    Predictions come from the student itself (there is no teacher).
+    Predictions come from the student itself (there is no teacher). Partial labels
+    (y = -1 where not annotated): CE and Dice count annotated voxels only; unannotated voxels
+    train nothing (this method has no unlabelled term, and no unlabelled stream).
     """
 
     name = "supervised"

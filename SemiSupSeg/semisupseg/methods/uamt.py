@@ -23,6 +23,14 @@ other script, which uses labelled + unlabelled patches.
 The teacher runs in the method's mode: during training the trainer puts the method in train
 mode, so the teacher's dropout is on and its T passes are Monte-Carlo dropout samples (as
 released, where the EMA model stays in train mode).
+
+Partial labels (y = -1 where not annotated): the supervised CE + Dice counts annotated voxels
+only. The unannotated voxels of a partially labelled case are unlabelled data: the sampler feeds
+that case to the unlabelled stream too, so they get the certainty-masked consistency there
+(R = the unlabelled patches by default; with ``consistency_on="all"`` the labelled patches'
+unannotated voxels are covered directly as well). We do not add the labelled patches to R by
+default: that would cost T more teacher passes on them each step for voxels the unlabelled
+stream already reaches.
 """
 
 from __future__ import annotations

@@ -209,6 +209,7 @@ class Trainer:
             self.device,
             seed=self.dist.sampler_seed(int(self.config["seed"])),
             fg_fraction=float(self.config["fg_fraction"]),
+            unlabelled_stream=self.method.uses_unlabelled,  # partially labelled cases also feed it
         )
 
     @property
