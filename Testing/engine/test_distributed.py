@@ -179,3 +179,22 @@ def test_a_killed_two_rank_run_resumes_with_the_same_losses(straight_run):
     for iteration in after:
         for name, value in reference[iteration].items():
             assert after[iteration][name] == pytest.approx(value, rel=1e-5, abs=1e-7), (iteration, name)
+
+
+def test_every_rank_holds_the_same_student_and_teacher(straight_run):
+    """Mean teacher on 2 ranks (labelled and unlabelled streams, EMA teacher): at every checkpoint
+    the ranks' weights, teacher included, have the same SHA-256."""
+    workspace = straight_run[0]
+    config = workspace / "config-teacher.json"
+    config.write_text(json.dumps({**CONFIG, "method": "mean_teacher", "iterations": 4, "batch_unlabelled": 1,
+                                  "checkpoint_every": 2}))
+    process = torchrun(workspace, config, "teacher")
+    assert process.wait(600) == 0, (workspace / "torchrun-teacher.log").read_text()[-3000:]
+    checkpoint = torch.load(workspace / "runs" / "teacher" / "checkpoints" / "last.pt", weights_only=True)
+    digests = [entry["weights_sha256"] for entry in checkpoint["rank_rng"]]
+    assert len(digests) == 2 and digests[0] == digests[1]
+    teacher = {k: v for k, v in checkpoint["model"].items() if "teacher" in k}
+    student = {k.replace("teacher", "student"): v for k, v in teacher.items()}
+    assert teacher and all(k in checkpoint["model"] for k in student)
+    assert any(not torch.equal(checkpoint["model"][k], v) for k, v in student.items())  # a real EMA, not a copy
+    assert "WARNING the ranks' weights differ" not in (workspace / "torchrun-teacher.log").read_text()

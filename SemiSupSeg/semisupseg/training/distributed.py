@@ -23,7 +23,8 @@ torchrun sets ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK``; with ``WORLD_SIZE > 1
 - **Outputs.** Only rank 0 writes: events (other ranks get ``NullEvents``), ``config.json``,
   ``manifest.json``, checkpoints and predictions, and only rank 0 serves ``PREDICT`` requests.
   Progress events carry the losses averaged over the ranks (the global batch's loss).
-- **Resume.** A checkpoint keeps each rank's random state (``rank_rng``, gathered to rank 0), so a
+- **Resume.** A checkpoint keeps each rank's random state (``rank_rng``, gathered to rank 0, with the
+  SHA-256 of each rank's weights, which must agree: a warning is logged if they do not), so a
   resumed N-rank run continues every rank's stream; with another number of ranks the new ranks
   start fresh streams (a log line says so).
 
@@ -43,6 +44,17 @@ from torch import nn
 from ..events import log
 
 RANK_SEED_STRIDE = 1_000_003  # a prime: rank streams never collide with small seed changes
+
+
+def weights_digest(module: nn.Module) -> str:
+    """SHA-256 of every parameter and buffer (names and bytes, in state_dict order)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        digest.update(name.encode("utf-8"))
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 class NullEvents:
@@ -192,8 +204,10 @@ class Distributed:
         return torch.device("cpu")
 
     # ---- checkpoints --------------------------------------------------------------------------
-    def gather_rng(self, sampler) -> Optional[List[dict]]:
-        """Every rank's random state (``{"torch", "sampler"}``), gathered on all ranks; None when alone."""
+    def gather_rng(self, sampler, method: Optional[nn.Module] = None) -> Optional[List[dict]]:
+        """Every rank's random state (``{"torch", "sampler"}``) and the SHA-256 of its weights (student
+        and teacher: they must be equal on every rank), gathered on all ranks; None when alone.
+        Rank 0 logs a warning when the weights differ."""
         if not self.enabled:
             return None
         import torch.distributed as dist
@@ -201,8 +215,13 @@ class Distributed:
         mine = {"torch": torch.get_rng_state()}
         if hasattr(sampler, "generator"):
             mine["sampler"] = sampler.generator.get_state()
+        if method is not None:
+            mine["weights_sha256"] = weights_digest(method)
         gathered: List[Optional[dict]] = [None] * self.world_size
         dist.all_gather_object(gathered, mine)
+        digests = {entry.get("weights_sha256") for entry in gathered}
+        if self.is_main and len(digests) > 1:
+            log(f"distributed: WARNING the ranks' weights differ ({len(digests)} distinct); please report this")
         return gathered
 
     def restore_rng(self, state: dict, sampler, seed: int, iteration: int) -> None:

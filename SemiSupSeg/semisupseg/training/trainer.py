@@ -227,7 +227,7 @@ class Trainer:
     # ---- checkpoints ---------------------------------------------------------------------
     def save(self) -> Path:
         path = self.run_dir / "checkpoints" / "last.pt"
-        rank_rng = self.dist.gather_rng(self.sampler)  # a collective: every rank comes here
+        rank_rng = self.dist.gather_rng(self.sampler, self.method)  # a collective: every rank comes here
         if not self.dist.is_main:
             return path
         save_checkpoint(
