@@ -401,11 +401,11 @@ def resolve_device(name: str, dry_run: bool) -> str:
     return name
 
 
-def start_data_process(kit: Kit, env: dict, dry_run: bool) -> subprocess.Popen:
+def start_data_process(kit: Kit, env: dict, data: Dict[str, dict], dry_run: bool) -> subprocess.Popen:
     processes = 1 if dry_run else max(2, min(8, (os.cpu_count() or 2) // 2))
     gpu_data.clear_markers()
-    command = [sys.executable, str(Path(__file__).resolve()), "--prepare-data",
-               json.dumps(gpu_parts.data_specs(dry_run)), "--processes", str(processes)]
+    command = [sys.executable, str(Path(__file__).resolve()), "--prepare-data", json.dumps(data),
+               "--processes", str(processes)]
     kit.log(f"making the synthetic data in the background ({processes} processes)")
     return subprocess.Popen(command, stdout=kit.log_file, stderr=kit.log_file, env=env, cwd=bc.REPO,
                             start_new_session=True)
@@ -429,42 +429,54 @@ def run_kit(args, argv: List[str]) -> int:
                        f"Python {sys.version_info[0]}.{sys.version_info[1]}: docs/gpu.md)", 0.0, None, 0)
         return finish(kit, 2)
     env = child_env(site)
-    data = start_data_process(kit, env, args.dry_run)
+    data_sets = gpu_parts.data_specs(args.dry_run, chosen)
+    data = start_data_process(kit, env, data_sets, args.dry_run)
     spec = {"device": device, "dry_run": args.dry_run, "sizes": gpu_parts.sizes(args.dry_run),
-            "wheels": "; ".join(f"{w['wheel']}: {w['status']}" for w in wheels) or None}
+            "data_sets": list(data_sets), "wheels": "; ".join(f"{w['wheel']}: {w['status']}" for w in wheels) or None}
     default_budget = DRY_RUN_BUDGET_S if args.dry_run else DEFAULT_BUDGET_S
     runner = PartRunner(kit, device, env, deadline, DRY_RUN_LIMITS if args.dry_run else LIMITS, spec,
                         scale=max(1.0, budget / default_budget))
-    data_started, data_recorded = time.monotonic(), False
+    run_parts(kit, runner, chosen, data, device)
+    failed = [r for r in find(kit.records, "gpu_kit", "parts") if r["status"] != "measured"]
+    kit.log(f"done in {time.monotonic() - started:.0f} s of {budget:.0f}; {len(failed)} part(s) not fully measured")
+    return finish(kit, 0 if not failed else 3)
+
+
+def run_parts(kit: Kit, runner: PartRunner, chosen: List[str], data: subprocess.Popen, device: str) -> None:
+    """Each part in turn, the data process's row once it has ended, and the targets at the end,
+    also when the kit is interrupted (SIGTERM, Ctrl-C): what was measured is never lost."""
+    data_recorded = False
     done: List[str] = []
     try:
         for part in chosen:
             runner.run(part)
             done.append(part)
             if not data_recorded and data.poll() is not None:
-                data_recorded = record_data(kit, device, data, time.monotonic() - data_started)
+                data_recorded = record_data(kit, device, data)
     except KeyboardInterrupt:
         kit.log("interrupted: stopping the running part; the records so far are kept")
         runner.stop_current()
         for part in chosen[len(done):]:
-            kit.status(part, device, "skipped: the kit was interrupted", 0.0, None, 0)
+            kit.status(part, device, "not finished: the kit was interrupted", 0.0, None, 0)
     finally:
         runner.stop_current()
         if not data_recorded:
             if data.poll() is None:
                 stop_group(data, grace_s=1.0)
-            record_data(kit, device, data, time.monotonic() - data_started)
+            record_data(kit, device, data)
         for row in targets(kit.records):
             kit.add(kit.own_record("targets", row["target"], device, **row), "targets")
-    failed = [r for r in find(kit.records, "gpu_kit", "parts") if r["status"] != "measured"]
-    kit.log(f"done in {time.monotonic() - started:.0f} s of {budget:.0f}; {len(failed)} part(s) not fully measured")
-    return finish(kit, 0 if not failed else 3)
 
 
-def record_data(kit: Kit, device: str, data: subprocess.Popen, seconds: float) -> bool:
+def record_data(kit: Kit, device: str, data: subprocess.Popen) -> bool:
+    """The data process's row: each data set's own seconds (the process ran beside the parts)."""
     code = data.poll()
     status = "measured" if code == 0 else f"failed: exit code {code} (see {LOG_NAME})"
-    kit.status("data", device, status, seconds, None, 0)
+    made = gpu_data.made_so_far()
+    seconds = sum(v for v in made.values() if isinstance(v, (int, float)))
+    kit.add(kit.own_record("parts", "data", device, status=status, seconds=round(seconds, 1), limit_s=None,
+                           records=0, data_sets=", ".join(f"{k} {v}" + (" s" if v != "failed" else "")
+                                                          for k, v in made.items())), "data")
     return True
 
 

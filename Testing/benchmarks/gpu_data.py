@@ -1,12 +1,11 @@
 """Synthetic data for the GPU kit, generated on the GPU machine itself (no data set travels there).
 
-Three data sets, each made by the engine's generator (``semisupseg.data.synthetic.synthesize_case``)
+Three workspaces, each made by the engine's generator (``semisupseg.data.synthetic.synthesize_case``)
 with one process per case, so that the CPU cores of the GPU machine make them in seconds while
 the kit's first part warms up:
 
-  step           the z-scored in-memory volumes ``bench_train_step.synthetic_cases`` caches as
-                 ``<BENCH_DIR>/train_step/case<i>_<size>.npz`` (same files, same content), so the
-                 training-step part loads them instead of generating 8 volumes one after another;
+  step           4 labelled + 4 unlabelled LA-like volumes that the training-step parts build the
+                 engine's Trainer on (uncompressed .nii: a Trainer is built per setting and reads them);
   first_overlay  the workspace ``bench_first_overlay.workspace`` would write (10 x 256x256x100);
   budget         a workspace with held-out cases for the DyCON fixed-wall-budget run.
 
@@ -28,22 +27,14 @@ from typing import Dict, List, Optional
 
 import bench_common as bc
 
-STEP_SPACING = (0.625, 0.625, 0.625)  # what bench_train_step.synthetic_cases generates with
-STEP_SEED = 0
-
 
 # --------------------------------------------------------------------------- where things are
 def ready_dir() -> Path:
     return bc.BENCH_DIR / "gpu" / "ready"
 
 
-def step_cache_path(index: int, size) -> Path:
-    """The file ``bench_train_step.synthetic_cases`` reads for case ``index`` of ``size``."""
-    return bc.BENCH_DIR / "train_step" / f"case{index}_{'x'.join(map(str, size))}.npz"
-
-
 def workspace_path(name: str, spec: dict) -> Path:
-    """first_overlay: the folder bench_first_overlay.workspace uses; budget: one of the kit's own."""
+    """first_overlay: the folder bench_first_overlay.workspace uses; step and budget: the kit's own."""
     size = "x".join(map(str, spec["size"]))
     if name == "first_overlay":
         return bc.BENCH_DIR / "first_overlay" / f"workspace_{size}_{spec['cases']}"
@@ -51,25 +42,6 @@ def workspace_path(name: str, spec: dict) -> Path:
 
 
 # --------------------------------------------------------------------------- one case (pool jobs)
-def write_step_case(index: int, size) -> str:
-    """Case ``index`` z-scored as float32 with its uint8 label, as bench_train_step caches it."""
-    import numpy as np
-    from semisupseg.data.synthetic import synthesize_case
-
-    path = step_cache_path(index, size)
-    if path.exists():
-        return str(path)
-    case = synthesize_case(index, STEP_SEED, size=tuple(size), spacing=STEP_SPACING)
-    image = case.image.astype(np.float32)
-    image = (image - image.mean()) / (image.std() + 1e-6)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as handle:  # a file object: np.savez would append .npz to a name
-        np.savez(handle, image=image, label=case.label.astype(np.uint8))
-    os.replace(tmp, path)
-    return str(path)
-
-
 def write_workspace_case(folder: str, index: int, spec: dict) -> str:
     """Images, truth and (labelled cases) label of case ``index``, as generate_synthetic_workspace."""
     from semisupseg.data.io import from_array, write_image_atomic
@@ -77,13 +49,14 @@ def write_workspace_case(folder: str, index: int, spec: dict) -> str:
 
     out = Path(folder)
     case_id = f"synth_{index:03d}"
+    name = case_id + spec.get("extension", ".nii.gz")
     case = synthesize_case(index, spec["seed"], tuple(spec["size"]), tuple(spec["spacing"]), 2, "MR")
     ref = case.reference()
-    write_image_atomic(from_array(case.image, ref), out / "images" / f"{case_id}.nii.gz")
+    write_image_atomic(from_array(case.image, ref), out / "images" / name)
     label = from_array(case.label, ref)
-    write_image_atomic(label, out / "truth" / f"{case_id}.nii.gz")
+    write_image_atomic(label, out / "truth" / name)
     if index < spec["labelled"]:
-        write_image_atomic(label, out / "labels" / f"{case_id}.nii.gz")
+        write_image_atomic(label, out / "labels" / name)
     return case_id
 
 
@@ -92,12 +65,13 @@ def dataset_description(spec: dict) -> dict:
     from semisupseg.data.synthetic import LABEL_NAMES
 
     total = spec["labelled"] + spec["unlabelled"] + spec["test"]
+    extension = spec.get("extension", ".nii.gz")
     cases = []
     for index in range(total):
         case_id = f"synth_{index:03d}"
         labelled = index < spec["labelled"]
-        cases.append({"id": case_id, "image": f"images/{case_id}.nii.gz",
-                      "label": f"labels/{case_id}.nii.gz" if labelled else None})
+        cases.append({"id": case_id, "image": f"images/{case_id}{extension}",
+                      "label": f"labels/{case_id}{extension}" if labelled else None})
     return {
         "name": "synthetic",
         "description": "Synthetic left-atrium-like volumes generated by semisupseg.data.synthetic.",
@@ -111,11 +85,6 @@ def dataset_description(spec: dict) -> dict:
 
 
 # --------------------------------------------------------------------------- data sets
-def make_step_cache(pool: ProcessPoolExecutor, spec: dict) -> dict:
-    jobs = [pool.submit(write_step_case, i, tuple(spec["volume"])) for i in range(spec["cases"])]
-    return {"files": [job.result() for job in jobs]}
-
-
 def make_workspace(pool: ProcessPoolExecutor, name: str, spec: dict) -> dict:
     """A complete workspace; an existing one with the same dataset.json is reused."""
     from semisupseg.atomic import atomic_output
@@ -150,7 +119,7 @@ def prepare_all(data: Dict[str, dict], processes: int) -> int:
         for name, spec in data.items():
             started = time.perf_counter()
             try:
-                info = make_step_cache(pool, spec) if name == "step" else make_workspace(pool, name, spec)
+                info = make_workspace(pool, name, spec)
                 info["seconds"] = round(time.perf_counter() - started, 1)
                 announce(name, info)
                 bc.log(f"data {name}: ready in {info['seconds']} s")
@@ -180,6 +149,17 @@ def wait_for(name: str, timeout_s: float) -> dict:
             raise RuntimeError(f"synthetic data '{name}' could not be made: {failed.read_text().strip()[-400:]}")
         time.sleep(0.2)
     raise RuntimeError(f"synthetic data '{name}' not ready after {timeout_s:.0f} s")
+
+
+def made_so_far() -> Dict[str, object]:
+    """Seconds each finished data set took (from its marker), or "failed"."""
+    out: Dict[str, object] = {}
+    folder = ready_dir()
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        out[path.stem] = json.loads(path.read_text()).get("seconds")
+    for path in sorted(folder.glob("*.failed")) if folder.is_dir() else []:
+        out[path.stem] = "failed"
+    return out
 
 
 def all_ready(names: List[str]) -> bool:

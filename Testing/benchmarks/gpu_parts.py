@@ -9,8 +9,10 @@ section otherwise.
 
 Parts (sizes for a GPU; ``--dry-run`` uses the tiny ones of ``DRY_RUN``):
   step          first the environment (Python, PyTorch, CUDA, GPU, the engine's methods and the
-                versions of its dependencies), then Trainer.step at the LA setting (4+4 patches 112x112x80, U-Net 16-256, bf16):
-                DyCON, mean teacher and every other method (s/it, it/s, peak max_memory_allocated);
+                versions of its dependencies), then ``Trainer.step`` of the engine's own Trainer
+                (built per setting as ``semisupseg train`` builds it, on a synthetic workspace) at
+                the LA setting (4+4 patches 112x112x80, U-Net 16-256, bf16 autocast): DyCON, mean
+                teacher and every other method (s/it, it/s, peak max_memory_allocated);
                 fp32 vs bf16, channels-last and cudnn.benchmark on vs off as ratios to DyCON's
                 step in the same process; FeCL's extra memory (DyCON - mean teacher); the
                 profile (top kernels) of one DyCON step.
@@ -48,7 +50,7 @@ GIB = 1024.0
 GPU_SIZES = {
     "step": {"name": "(a) LA 4+4 112x112x80", "methods_name": "LA comparison, GPU (a) setting",
              "widths": FULL_WIDTHS, "patch": [112, 112, 80], "n_l": 4, "n_u": 4, "volume": [176, 144, 96],
-             "amp": "auto", "channels_last": False, "warmup": 4, "iterations": 15},
+             "amp": "auto", "channels_last": False, "warmup": 3, "iterations": 12},
     "inference": {"widths": FULL_WIDTHS, "window": [112, 112, 80], "overlap": 0.5, "mc": 8,
                   "volumes": {"LA size": [192, 144, 88], "large": [512, 512, 300]},
                   "targets_s": {"LA size": 1.0, "large": 5.0}},
@@ -82,19 +84,25 @@ def sizes(dry_run: bool) -> dict:
     return DRY_RUN if dry_run else GPU_SIZES
 
 
-def data_specs(dry_run: bool) -> Dict[str, dict]:
-    """What gpu_data.prepare_all makes, in order of need."""
+DATA_OF_PART = {"step": "step", "compile": "step", "first_overlay": "first_overlay", "train_budget": "budget"}
+
+
+def data_specs(dry_run: bool, parts: Optional[List[str]] = None) -> Dict[str, dict]:
+    """What gpu_data.prepare_all makes (for ``parts``, default all), in order of need."""
     s = sizes(dry_run)
     step = s["step"]
     overlay = s["first_overlay"]
     budget = s["budget"]
-    return {
-        "step": {"volume": step["volume"], "cases": max(step["n_l"], 1) + max(step["n_u"], 1)},
+    specs = {
+        "step": {"size": step["volume"], "spacing": [0.625, 0.625, 0.625], "labelled": step["n_l"],
+                 "unlabelled": max(step["n_u"], 1), "test": 0, "seed": 0, "extension": ".nii"},
         "first_overlay": {"size": overlay["size"], "cases": overlay["cases"], "spacing": FIRST_OVERLAY_SPACING,
                           "seed": FIRST_OVERLAY_SEED, "labelled": min(FIRST_OVERLAY_LABELLED, overlay["cases"]),
                           "unlabelled": overlay["cases"] - min(FIRST_OVERLAY_LABELLED, overlay["cases"]), "test": 0},
         "budget": {k: budget[k] for k in ("size", "spacing", "labelled", "unlabelled", "test", "seed")},
     }
+    needed = {DATA_OF_PART[p] for p in (parts or DATA_OF_PART) if p in DATA_OF_PART}
+    return {name: spec for name, spec in specs.items() if name in needed}
 
 
 # =========================================================================== helpers
@@ -119,17 +127,36 @@ def emit(benchmark: str, table: str, key: str, device: str, **figures) -> None:
     bc.emit(bc.record(benchmark, table, key, device, **figures))
 
 
+def make_trainer(spec: dict):
+    """The engine's Trainer built as ``semisupseg train`` builds it (defaults, then this setting's
+    values), on the kit's step workspace: the step timed is exactly a real run's."""
+    import io
+
+    from semisupseg.config import apply_overrides, load_config
+    from semisupseg.events import EventWriter
+    from semisupseg.training.trainer import Trainer
+
+    config = apply_overrides(
+        load_config(None), method=spec["method"], method_options=spec.get("method_options", {}), network="unet3d",
+        network_options={"widths": spec["widths"]}, batch_labelled=spec["n_l"], batch_unlabelled=spec["n_u"],
+        patch_size=spec["patch"], amp=spec["amp"], channels_last=spec["channels_last"],
+        compile=spec.get("compile", False), device=spec["device"], seed=0,
+        iterations=spec["warmup"] + spec["iterations"] + 1)
+    workspace = Path(spec["workspace"])
+    events = EventWriter(stream=io.StringIO(), progress_bar=False)
+    return Trainer(workspace, config, workspace / "runs" / "gpu-kit-step", events, resume=False)
+
+
 def timed_steps(spec: dict) -> dict:
-    """The engine's Trainer.step at ``spec`` (bench_train_step.make_trainer): build and warm-up
-    timed apart, then the median of ``iterations`` synchronised steps; peak memory of the steps."""
+    """The engine's Trainer.step at ``spec``: build and warm-up timed apart, then the median of
+    ``iterations`` synchronised steps; peak memory of the steps (max_memory_allocated on a GPU)."""
     import torch
-    import bench_train_step as ts
 
     device = spec["device"]
     release(device)
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    trainer = ts.make_trainer(spec)
+    trainer = make_trainer(spec)
     build_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     for _ in range(spec["warmup"]):
@@ -156,31 +183,12 @@ def timed_steps(spec: dict) -> dict:
     return out
 
 
-def complete_trainers() -> None:
-    """Make bench_train_step.make_trainer (which skips Trainer.__init__) also set the attributes
-    __init__ sets that it does not know yet, with the values a fresh run starts from, so that an
-    engine change there costs the GPU run no figures. Idempotent."""
-    import bench_train_step as ts
-
-    if getattr(ts.make_trainer, "completed", False):
-        return
-    plain = ts.make_trainer
-
-    def make_trainer(spec: dict):
-        trainer = plain(spec)
-        if not hasattr(trainer, "ema_offset"):
-            trainer.ema_offset = 0  # iterations of a warm-start source run: none here
-        return trainer
-
-    make_trainer.completed = True
-    ts.make_trainer = make_trainer
-
-
 def step_figures(result: dict) -> dict:
     if "error" in result:
         return {"status": result["error"]}
     out = {"it_per_s": round(1.0 / result["s_per_it"], 3), "s_per_it": round(result["s_per_it"], 4),
-           "s_per_it_min": round(result["s_per_it_min"], 4), "warmup_s": round(result["warmup_s"], 1)}
+           "s_per_it_min": round(result["s_per_it_min"], 4), "build_s": round(result["build_s"], 1),
+           "warmup_s": round(result["warmup_s"], 1)}
     for key in ("peak_mem_mb", "peak_rss_mb"):
         if key in result:
             out[key] = round(result[key], 1)
@@ -256,11 +264,10 @@ def part_step(spec: dict) -> None:
     device, s = spec["device"], spec["sizes"]["step"]
     on_gpu = device.startswith("cuda")
     part_environment(spec)  # here, not in a process of its own: one interpreter start less
-    complete_trainers()
-    wait_for_data("step", spec["limit_s"])
+    workspace = wait_for_data("step", spec["limit_s"])["workspace"]
     if on_gpu:  # the other data sets are made on the CPU meanwhile; time the steps without them
-        wait_until(lambda: gpu_data.all_ready(["step", "first_overlay", "budget"]), 30.0)
-    base = {**s, "device": device, "method_options": {}}
+        wait_until(lambda: gpu_data.all_ready(spec["data_sets"]), 30.0)
+    base = {**s, "device": device, "method_options": {}, "workspace": workspace}
     results: Dict[str, dict] = {}
     for method in method_order():
         run = {**base, "method": method, "n_u": 0 if method == "supervised" else base["n_u"]}
@@ -333,12 +340,34 @@ def with_cudnn_benchmark(enabled: bool, fn: Callable[[], dict]) -> dict:
         torch.backends.cudnn.benchmark = previous
 
 
-def emit_profile(base: dict, device: str) -> None:
-    """torch.profiler over one DyCON step: the kernels (GPU) or operators (CPU) with the most self time."""
-    import bench_train_step as ts
+def profile_step(spec: dict) -> dict:
+    """torch.profiler over one step after warm-up: the kernels (GPU) or operators (CPU) with the most
+    self time, as bench_train_step.profile_step reports them."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
 
+    on_gpu = spec["device"].startswith("cuda")
+    torch.manual_seed(0)
+    trainer = make_trainer(spec)
+    for _ in range(spec["warmup"]):
+        trainer.step()
+    sync(spec["device"])
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])) as prof:
+        trainer.step()
+        sync(spec["device"])
+    attr = "self_device_time_total" if on_gpu else "self_cpu_time_total"
+    events = sorted((e for e in prof.key_averages() if getattr(e, attr, 0) > 0), key=lambda e: getattr(e, attr),
+                    reverse=True)
+    total = sum(getattr(e, attr) for e in events) or 1.0
+    return {"clock": "GPU kernel time" if on_gpu else "CPU self time", "total_ms": total / 1000.0,
+            "ops": [{"op": e.key, "ms": getattr(e, attr) / 1000.0, "share": getattr(e, attr) / total, "calls": e.count}
+                    for e in events[:8]]}
+
+
+def emit_profile(base: dict, device: str) -> None:
+    """The profile of one DyCON step as rows of the train_step profile table."""
     release(device)
-    prof = guarded(lambda: ts.profile_step({**base, "method": "dycon"}))
+    prof = guarded(lambda: profile_step({**base, "method": "dycon"}))
     if "error" in prof:
         emit("train_step", "profile", f"{base['name']}|error", device, setting=base["name"], status=prof["error"])
         return
@@ -370,11 +399,10 @@ def part_compile(spec: dict) -> None:
     import torch
 
     device, s, c = spec["device"], spec["sizes"]["step"], spec["sizes"]["compile"]
-    wait_for_data("step", spec["limit_s"])
-    complete_trainers()
+    workspace = wait_for_data("step", spec["limit_s"])["workspace"]
     if c["backend"] != "inductor":
         torch.compile = functools.partial(torch.compile, backend=c["backend"])
-    base = {**s, "device": device, "method": "dycon", "method_options": {}}
+    base = {**s, "device": device, "method": "dycon", "method_options": {}, "workspace": workspace}
     off = guarded(lambda: timed_steps(base))
     on = guarded(lambda: timed_steps({**base, "compile": True, "warmup": s["warmup"] + c["extra_warmup"]}))
     mem_key = "peak_mem_mb" if device.startswith("cuda") else "peak_rss_mb"
@@ -472,14 +500,24 @@ def part_train_budget(spec: dict) -> None:
     """DyCON with the GPU defaults for a fixed wall budget, then the held-out Dice."""
     device, s = spec["device"], spec["sizes"]["budget"]
     workspace = Path(wait_for_data("budget", spec["limit_s"])["workspace"])
-    held_out = json.loads((workspace / "dataset.json").read_text())["held_out"]
+    description = json.loads((workspace / "dataset.json").read_text())
     budget_s = float(spec.get("budget_s") or s["budget_s"])
-    run_id = "gpu-budget-dycon"
-    run_dir = workspace / "runs" / run_id
+    run_dir = workspace / "runs" / "gpu-budget-dycon"
+    figures = train_for(workspace, run_dir, budget_s, {"method": "dycon", "device": device, **s["config"]})
+    figures["volumes"] = f"{len(description['held_out'])} held out of {len(description['cases'])} x " + \
+        "x".join(map(str, s["size"]))
+    figures.update(held_out_dice(workspace, run_dir, description["held_out"], device))
+    emit("gpu_kit", "train_budget", f"dycon|{'x'.join(map(str, s['size']))}|{budget_s:g}s", device,
+         method="dycon", **figures)
+
+
+def train_for(workspace: Path, run_dir: Path, budget_s: float, config: dict) -> dict:
+    """``semisupseg train`` stopped (SIGTERM: checkpoint, exit 0) ``budget_s`` after its ``started``
+    event; the iterations it reached. No prediction rounds or periodic checkpoints on the way."""
     shutil.rmtree(run_dir, ignore_errors=True)
-    config = {"method": "dycon", "device": device, "log_every": 10, "checkpoint_every": 0, "reload_every": 0,
-              "first_prediction_at": 0, "predict_every": 0, "predict_cases": "held_out", **s["config"]}
-    marks: Dict[str, float] = {}
+    config = {"log_every": 10, "checkpoint_every": 0, "reload_every": 0, "first_prediction_at": 0,
+              "predict_every": 0, "predict_cases": "held_out", **config}
+    marks: Dict[str, object] = {}
 
     def watch(event: dict, seconds: float) -> bool:
         kind = event.get("event")
@@ -487,20 +525,14 @@ def part_train_budget(spec: dict) -> None:
             marks["started_s"] = seconds
             marks["patch"] = "x".join(map(str, event.get("patch_size", [])))
         elif kind == "progress":
-            marks["iteration"] = event.get("iteration", 0)
-            marks["it_per_s"] = event.get("it_per_s")
+            marks["iteration"], marks["it_per_s"] = event.get("iteration", 0), event.get("it_per_s")
         return "started_s" in marks and seconds - marks["started_s"] >= budget_s
 
-    code, events, wall = bc.train_subprocess(workspace, config, run_id, on_event=watch)
+    code, events, _ = bc.train_subprocess(workspace, config, run_dir.name, on_event=watch)
     stopped = [e for e in events if e.get("event") in ("cancelled", "finished")]
     iterations = (stopped[-1].get("iteration") or stopped[-1].get("iterations")) if stopped else marks.get("iteration")
-    figures = {"budget_s": budget_s, "train_exit_code": code, "started_s": round(marks.get("started_s", math.nan), 1),
-               "iterations": iterations, "it_per_s_last": marks.get("it_per_s"), "patch": marks.get("patch"),
-               "volumes": f"{len(held_out)} held out of {len(json.loads((workspace / 'dataset.json').read_text())['cases'])}"
-                          f" x {'x'.join(map(str, s['size']))}"}
-    figures.update(held_out_dice(workspace, run_dir, held_out, device))
-    emit("gpu_kit", "train_budget", f"dycon|{'x'.join(map(str, s['size']))}|{budget_s:g}s", device,
-         method="dycon", **figures)
+    return {"budget_s": budget_s, "train_exit_code": code, "started_s": round(float(marks.get("started_s", math.nan)), 1),
+            "iterations": iterations, "it_per_s_last": marks.get("it_per_s"), "patch": marks.get("patch")}
 
 
 def held_out_dice(workspace: Path, run_dir: Path, held_out: List[str], device: str) -> dict:

@@ -148,6 +148,31 @@ def test_a_part_that_runs_out_of_time_is_stopped_and_keeps_its_records(tmp_path,
     assert runner.current is None  # the worker's process group was ended
 
 
+@pytest.mark.slow
+def test_sigterm_ends_the_kit_with_its_records_and_targets_written(tmp_path):
+    import signal
+    import time
+
+    env = {**os.environ, "SEMISUPSEG_BENCH_DIR": str(tmp_path / "bench"), "OMP_NUM_THREADS": "1"}
+    records = tmp_path / "out" / gpu_bench.RECORDS_NAME
+    process = subprocess.Popen([sys.executable, str(HERE / "gpu_bench.py"), "--dry-run", "--parts", "inference,compile",
+                                "--out", str(records.parent), "--budget", "900"], env=env, cwd=bc.REPO,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while process.poll() is None and not (records.exists() and '"per_volume"' in records.read_text()):
+            time.sleep(0.5)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=120) == 3  # some part not fully measured
+    finally:
+        if process.poll() is None:
+            process.kill()
+    rows = [json.loads(line) for line in records.read_text().splitlines()]
+    assert any(r["table"] == "per_volume" for r in rows)  # measured before the signal: kept
+    status = {r["key"]: r["status"] for r in rows if r["table"] == "parts"}
+    assert status["inference"].startswith("not finished") and status["compile"].startswith("not finished")
+    assert len([r for r in rows if r["table"] == "targets"]) == 8
+
+
 def test_a_part_that_no_longer_fits_is_recorded_as_skipped(tmp_path):
     kit = gpu_bench.Kit(tmp_path, dry_run=True, command="c")
     runner = gpu_bench.PartRunner(kit, "cpu", {}, deadline=0.0, limits={"step": 60}, spec={})
@@ -261,21 +286,6 @@ def test_parallel_workspace_equals_the_engine_generator(tmp_path, monkeypatch):
         assert a.GetSpacing() == b.GetSpacing() and a.GetOrigin() == b.GetOrigin()
         assert a.GetDirection() == b.GetDirection()
         np.testing.assert_array_equal(sitk.GetArrayFromImage(a), sitk.GetArrayFromImage(b))
-
-
-def test_step_cache_is_what_bench_train_step_would_generate(tmp_path, monkeypatch):
-    import bench_train_step as ts
-
-    size = (40, 36, 32)
-    monkeypatch.setattr(bc, "BENCH_DIR", tmp_path / "theirs")
-    labelled, unlabelled = ts.synthetic_cases(1, 1, size)
-    monkeypatch.setattr(bc, "BENCH_DIR", tmp_path / "ours")
-    for index in (0, 1):
-        gpu_data.write_step_case(index, size)
-    ours_l, ours_u = ts.synthetic_cases(1, 1, size)  # now loaded from the kit's files
-    for theirs, ours in ((labelled[0], ours_l[0]), (unlabelled[0], ours_u[0])):
-        np.testing.assert_array_equal(theirs.image, ours.image)
-    np.testing.assert_array_equal(labelled[0].label, ours_l[0].label)
 
 
 def test_a_data_set_that_failed_stops_the_part_waiting_for_it(tmp_path, monkeypatch):
