@@ -438,3 +438,36 @@ def _checkpoint_iteration(run_dir: Path) -> int:
     import torch
 
     return int(torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)["iteration"])
+
+
+def test_multi_gpu_jobs_wait_for_their_gpus_and_run_under_torchrun(tmp_path, monkeypatch):
+    """Scheduling only (no GPU here): slots are given, launches are recorded instead of started."""
+    from semisupseg.server.jobs import FINISHED, JobManager, JobRefused
+
+    manager = JobManager(tmp_path / "root", slots=["cuda:0", "cuda:1", "cuda:2"],
+                         environment={"CUDA_VISIBLE_DEVICES": "4,5,6", "PATH": os.environ.get("PATH", "")})
+    launched = []
+
+    def record(job, devices):
+        launched.append((job["run_id"], devices, manager._command(job, devices), manager._worker_environment(devices)))
+        job.update(state="running", device=",".join(devices), pid=None)
+
+    monkeypatch.setattr(manager, "_launch", record)
+    wide = manager.submit("ws", {}, run_id="wide", gpus=2)
+    second = manager.submit("ws", {}, run_id="second", gpus=2)
+    small = manager.submit("ws", {}, run_id="small", gpus=1)
+    assert [run for run, *_ in launched] == ["wide"]
+    _, devices, command, environment = launched[0]
+    assert devices == ["cuda:0", "cuda:1"] and environment["CUDA_VISIBLE_DEVICES"] == "4,5"
+    assert command[2:6] == ["torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    assert command[command.index("--device") + 1] == "cuda"
+    # One GPU is free, but the next job needs two: it waits, and the later 1-GPU job does not overtake it.
+    assert manager.describe(second["id"])["queue_position"] == 1
+    assert manager.describe(small["id"])["queue_position"] == 2
+    manager._finish(manager._jobs[wide["id"]], FINISHED, None)
+    manager._schedule()
+    assert [run for run, *_ in launched] == ["wide", "second", "small"]
+    assert launched[1][1] == ["cuda:0", "cuda:1"] and launched[2][1] == ["cuda:2"]
+    assert "torch.distributed.run" not in launched[2][2] and launched[2][2][launched[2][2].index("--device") + 1] == "cuda:2"
+    with pytest.raises(JobRefused):
+        manager.submit("ws", {}, run_id="too-wide", gpus=4)

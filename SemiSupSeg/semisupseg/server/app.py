@@ -54,6 +54,7 @@ class JobCreate(BaseModel):
     init_from: Optional[str] = Field(None, description="an earlier run of this workspace to start from (continue training)")
     iterations: Optional[int] = Field(None, ge=0)
     continuous: bool = False
+    gpus: int = Field(1, ge=1, description="GPUs for this job; more than 1 trains under torchrun (DDP)")
 
 
 class ResumeRequest(BaseModel):
@@ -293,7 +294,7 @@ def create_app(root: Path, token: str, manager: Optional[JobManager] = None,
         if request.resume and not request.run_id:
             raise refused(400, "resume needs the run_id to continue.")
         return jobs().submit(request.workspace, request.config, request.run_id, request.resume, request.init_from,
-                             request.iterations, request.continuous)
+                             request.iterations, request.continuous, request.gpus)
 
     @router.get("/jobs/{job_id}", summary="A job: state, queue position, error")
     def get_job(job_id: str):

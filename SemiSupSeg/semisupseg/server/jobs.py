@@ -7,7 +7,10 @@ JSON-lines events on its stdout). Each job keeps its own event log ``ROOT/jobs/<
 a server that restarts, loses nothing that was written.
 
 Slots: one per CUDA device (``cuda:0``, ``cuda:1``, ...), or one ``cpu`` slot: one training per
-GPU at a time, the others wait in submission order with their queue position reported.
+GPU at a time, the others wait in submission order with their queue position reported (no job
+overtakes an earlier one). A job that asks for ``gpus: N > 1`` waits for N free GPUs and runs the
+same worker under ``torchrun --standalone --nproc-per-node N`` (DistributedDataParallel, see
+``training/distributed.py``) with ``CUDA_VISIBLE_DEVICES`` set to its GPUs.
 
 Restart: ``jobs.json`` is rewritten atomically at every state change. A job found ``running`` at
 start-up belonged to a server that was killed: its worker, if still alive, is asked to stop (SIGTERM,
@@ -213,9 +216,14 @@ class JobManager:
     # -- commands ---------------------------------------------------------------------------
 
     def submit(self, workspace: str, config: dict, run_id: Optional[str] = None, resume: bool = False,
-               init_from: Optional[str] = None, iterations: Optional[int] = None, continuous: bool = False) -> dict:
+               init_from: Optional[str] = None, iterations: Optional[int] = None, continuous: bool = False,
+               gpus: int = 1) -> dict:
         """Queue a training of ``ROOT/workspaces/<workspace>``; returns the job (with its queue position)."""
         check_name(workspace, "workspace")
+        gpu_slots = [slot for slot in self.slots if slot.startswith("cuda")]
+        if gpus < 1 or (gpus > 1 and gpus > len(gpu_slots)):
+            raise JobRefused(f"This server has {len(gpu_slots)} GPU(s); the job asks for {gpus}.",
+                             f"Ask for at most {max(len(gpu_slots), 1)}.", status=400)
         run_id = check_name(run_id, "run id") if run_id else time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
         if init_from:
             check_name(init_from, "init_from run")
@@ -231,7 +239,7 @@ class JobManager:
                 Path(tmp).write_text(json.dumps(config, indent=1), encoding="utf-8")
             job = {"id": job_id, "workspace": workspace, "run_id": run_id, "state": QUEUED, "resume": bool(resume),
                    "init_from": init_from, "iterations": iterations, "continuous": bool(continuous),
-                   "device": None, "pid": None, "returncode": None, "error": None, "attempts": 0,
+                   "gpus": int(gpus), "device": None, "pid": None, "returncode": None, "error": None, "attempts": 0,
                    "created_at": time.time(), "queued_at": time.time(), "started_at": None, "ended_at": None}
             self._jobs[job_id] = job
             self._save()
@@ -299,27 +307,37 @@ class JobManager:
     # -- scheduling -------------------------------------------------------------------------
 
     def _free_slots(self) -> List[str]:
-        busy = {job["device"] for job in self._jobs.values() if job["state"] == RUNNING}
+        busy = {slot for job in self._jobs.values() if job["state"] == RUNNING for slot in job["device"].split(",")}
         return [slot for slot in self.slots if slot not in busy]
 
     def _schedule(self) -> None:
+        """Start queued jobs in order while the next one's slots are free (it is never overtaken)."""
         with self._lock:
             if self._shutting_down:
                 return
-            for slot in self._free_slots():
-                queued = self._queued()
+            while True:
+                queued, free = self._queued(), self._free_slots()
                 if not queued:
-                    return
-                self._launch(self._jobs[queued[0]], slot)
+                    break
+                job = self._jobs[queued[0]]
+                needed = max(1, int(job.get("gpus", 1)))
+                if len(free) < needed:
+                    break
+                self._launch(job, free[:needed])
             for position, job_id in enumerate(self._queued(), start=1):
                 if self._jobs[job_id].get("reported_position") != position:
                     self._jobs[job_id]["reported_position"] = position
                     self._server_event(job_id, "queued", position=position, run=self._jobs[job_id]["run_id"])
 
-    def _command(self, job: dict, device: str) -> List[str]:
+    def _command(self, job: dict, devices: List[str]) -> List[str]:
+        """The worker's command line; several GPUs: the same under torchrun, one process per GPU."""
         resume = job["resume"] and (self.run_dir(job) / "checkpoints" / "last.pt").exists()
-        command = [self.python, "-m", "semisupseg", "train", "--workspace", str(self.workspace_dir(job)),
-                   "--run-id", job["run_id"], "--device", device]
+        launcher = [self.python, "-m"]
+        if len(devices) > 1:
+            launcher += ["torch.distributed.run", "--standalone", "--nproc-per-node", str(len(devices)), "-m"]
+        device = devices[0] if len(devices) == 1 else "cuda"  # each rank takes cuda:LOCAL_RANK of its GPUs
+        command = launcher + ["semisupseg", "train", "--workspace", str(self.workspace_dir(job)),
+                              "--run-id", job["run_id"], "--device", device]
         if resume:
             command.append("--resume")
         else:  # never reached a checkpoint: start the run again from its configuration
@@ -332,8 +350,13 @@ class JobManager:
             command += ["--iterations", str(int(job["iterations"]))]
         return command
 
-    def _worker_environment(self) -> dict:
+    def _worker_environment(self, devices: Optional[List[str]] = None) -> dict:
         environment = dict(os.environ if self.environment is None else self.environment)
+        if devices and len(devices) > 1:
+            # Slot cuda:i is the server's i-th visible GPU: map through the server's own list, if any.
+            visible = [d for d in environment.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+            indices = [int(device.split(":")[1]) for device in devices]
+            environment["CUDA_VISIBLE_DEVICES"] = ",".join(visible[i] if i < len(visible) else str(i) for i in indices)
         package_parent = str(Path(__file__).resolve().parents[2])
         paths = [package_parent] + [p for p in environment.get("PYTHONPATH", "").split(os.pathsep) if p]
         environment["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
@@ -341,18 +364,18 @@ class JobManager:
         environment["PYTHONIOENCODING"] = "utf-8"
         return environment
 
-    def _launch(self, job: dict, device: str) -> None:
-        command = self._command(job, device)
+    def _launch(self, job: dict, devices: List[str]) -> None:
+        command = self._command(job, devices)
         (self.run_dir(job)).mkdir(parents=True, exist_ok=True)
         (self.run_dir(job) / "STOP").unlink(missing_ok=True)  # an earlier stop would end the resumed run at once
         (self.run_dir(job) / "PREDICT").unlink(missing_ok=True)
         log_path = self.jobs_dir / job["id"] / "worker.log"
         with open(log_path, "ab") as stderr_log:
             process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr_log,
-                                       env=self._worker_environment(), cwd=str(self.workspace_dir(job)),
+                                       env=self._worker_environment(devices), cwd=str(self.workspace_dir(job)),
                                        start_new_session=True, text=True, encoding="utf-8", errors="replace",
                                        bufsize=1)
-        job.update(state=RUNNING, device=device, pid=process.pid, started_at=time.time(), attempts=job["attempts"] + 1,
+        job.update(state=RUNNING, device=",".join(devices), pid=process.pid, started_at=time.time(), attempts=job["attempts"] + 1,
                    stop_requested=False, reported_position=None)
         self._processes[job["id"]] = process
         self._save()
