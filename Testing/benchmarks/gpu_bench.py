@@ -219,18 +219,24 @@ def child_env(site: Optional[Path]) -> dict:
 
 
 def stop_group(process: subprocess.Popen, grace_s: float = 5.0) -> None:
-    """SIGTERM to the process group the kit started (the worker and its children), then SIGKILL."""
+    """End the process group the kit started for ``process`` (its leader and whatever it started,
+    e.g. a training process or a pool): SIGTERM, then SIGKILL to what is left after ``grace_s``.
+
+    The leader is reaped only here (or later), so its id still names this group when it is signalled.
+    """
     for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
-        if process.poll() is not None:
-            return
         try:
             os.killpg(process.pid, sig)
         except ProcessLookupError:
             return
-        try:
-            process.wait(timeout=wait)
-        except subprocess.TimeoutExpired:
-            continue
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            process.poll()  # reap the leader once it has exited
+            try:
+                os.killpg(process.pid, 0)
+            except ProcessLookupError:
+                return  # nobody left in the group
+            time.sleep(0.1)
 
 
 def pump(stream, sink: "queue.Queue", tag: str) -> None:
@@ -270,8 +276,9 @@ class PartRunner:
     def run_process(self, part: str, spec: dict, limit: float) -> str:
         self.kit.log(f"part {part}: limit {limit:.0f} s")
         started = time.monotonic()
-        process = self.current = subprocess.Popen(self.worker_command(part, spec), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                                  env=self.env, cwd=bc.REPO, start_new_session=True)
+        process = self.current = subprocess.Popen(self.worker_command(part, spec), stdout=subprocess.PIPE,
+                                                  stderr=subprocess.PIPE, text=True, env=self.env, cwd=bc.REPO,
+                                                  start_new_session=True)
         lines: "queue.Queue" = queue.Queue()
         for stream, tag in ((process.stdout, "out"), (process.stderr, "err")):
             threading.Thread(target=pump, args=(stream, lines, tag), daemon=True).start()

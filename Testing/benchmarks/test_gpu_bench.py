@@ -137,7 +137,10 @@ def test_merge_refuses_records_without_machine_command_or_date(tmp_path, monkeyp
 def test_a_part_that_runs_out_of_time_is_stopped_and_keeps_its_records(tmp_path, monkeypatch):
     kit = gpu_bench.Kit(tmp_path, dry_run=True, command="gpu_bench.py --test")
     rec = bc.record("gpu_kit", "probe", "first", "cpu", value=1)
-    script = f"import json, time; print(json.dumps({rec!r}), flush=True); time.sleep(600)"
+    # The worker starts a child (as first_overlay starts `semisupseg train`), prints one record, hangs.
+    script = ("import json, subprocess, sys, time; "
+              "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); "
+              f"print(json.dumps({{**{rec!r}, 'child': child.pid}}), flush=True); time.sleep(600)")
     runner = gpu_bench.PartRunner(kit, "cpu", dict(os.environ), deadline=float("inf"), limits={}, spec={})
     monkeypatch.setattr(runner, "worker_command", lambda part, spec: [sys.executable, "-c", script])
     status = runner.run_process("probe", {}, limit=8.0)
@@ -145,7 +148,17 @@ def test_a_part_that_runs_out_of_time_is_stopped_and_keeps_its_records(tmp_path,
     written = [json.loads(line) for line in (tmp_path / gpu_bench.RECORDS_NAME).read_text().splitlines()]
     assert [r["key"] for r in written] == ["first", "probe"]
     assert written[1]["status"] == status and written[1]["records"] == 1
-    assert runner.current is None  # the worker's process group was ended
+    assert runner.current is None
+    assert not alive(written[0]["child"])  # the whole process group was ended, the worker's child too
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie waiting for a parent that does not reap it counts as ended)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
 
 
 @pytest.mark.slow
