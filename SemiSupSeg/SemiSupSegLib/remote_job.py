@@ -316,17 +316,16 @@ class RemoteTrainingJob:
         target = self.runDir.joinpath(*parts)
         target.parent.mkdir(parents=True, exist_ok=True)
         url = f"/workspaces/{self.remoteWorkspace}/runs/{self.runId}/files/{'/'.join(parts)}"
-        try:
-            data = self._request("GET", url, raw=True)
-        except RemoteError as error:
-            if optional and getattr(error, "status", None) == 404:
-                return None
-            raise
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.download-", dir=target.parent)
         try:
             with os.fdopen(fd, "wb") as stream:
-                stream.write(data)
+                self._request("GET", url, streamTo=stream)
             os.replace(tmp, target)
+        except RemoteError as error:
+            os.remove(tmp)
+            if optional and getattr(error, "status", None) == 404:
+                return None
+            raise
         except BaseException:
             if os.path.exists(tmp):
                 os.remove(tmp)
@@ -368,8 +367,9 @@ class RemoteTrainingJob:
     # -- HTTP ---------------------------------------------------------------------------------
 
     def _request(self, method: str, path: str, payload: dict | None = None, body=None, headers: dict | None = None,
-                 raw: bool = False, timeout: float | None = None):
-        """One API call; JSON in and out (``raw``: the body's bytes). Failures -> RemoteError / _ConnectionLost."""
+                 timeout: float | None = None, streamTo=None):
+        """One API call; JSON in and out (``streamTo``: the body copied into that binary file in chunks,
+        None returned). Failures -> RemoteError / _ConnectionLost."""
         url = f"{self.serverUrl}/api/v1{path if path.startswith('/') else '/' + path}"
         allHeaders = {"Authorization": f"Bearer {self._token}", **(headers or {})}
         if payload is not None:
@@ -378,6 +378,10 @@ class RemoteTrainingJob:
         request = urllib.request.Request(url, data=body, method=method, headers=allHeaders)
         try:
             with urllib.request.urlopen(request, timeout=timeout or self.requestTimeout) as response:
+                if streamTo is not None:
+                    for chunk in iter(lambda: response.read(HASH_CHUNK), b""):
+                        streamTo.write(chunk)
+                    return None
                 data = response.read()
         except urllib.error.HTTPError as error:
             raise self._httpError(error, method, path) from None
@@ -388,7 +392,7 @@ class RemoteTrainingJob:
             raise RemoteError(f"Cannot reach the SemiSupSeg server at {self.serverUrl}: {reason}.",
                               "Check the URL and that `semisupseg serve` runs there; through an SSH tunnel "
                               "(ssh -L 8765:127.0.0.1:8765 host) the URL is http://127.0.0.1:8765.") from None
-        return data if raw else json.loads(data.decode("utf-8") or "null")
+        return json.loads(data.decode("utf-8") or "null")
 
     def _httpError(self, error: urllib.error.HTTPError, method: str, path: str) -> RemoteError:
         try:

@@ -471,3 +471,42 @@ def test_multi_gpu_jobs_wait_for_their_gpus_and_run_under_torchrun(tmp_path, mon
     assert "torch.distributed.run" not in launched[2][2] and launched[2][2][launched[2][2].index("--device") + 1] == "cuda:2"
     with pytest.raises(JobRefused):
         manager.submit("ws", {}, run_id="too-wide", gpus=4)
+
+
+def test_live_loop_through_the_server_takes_new_partial_labels_and_predicts_on_request(server, client, tmp_path):
+    """A continuous run: a partial label uploaded while it trains joins at the next reload, and a
+    predict request is answered with a prediction of that case."""
+    local = write_workspace(tmp_path / "local", partial_case=None)
+    upload_workspace(client, "live", local)
+    config = {**FAST_CONFIG, "iterations": 0, "reload_every": 1, "predict_cases": "none"}
+    job = client.call("POST", "/jobs", payload={"workspace": "live", "run_id": "live", "config": config,
+                                               "continuous": True})
+    events, offset, _ = client.events_until(job["id"], lambda ev: any(e["event"] == "progress" for e in ev))
+    started = next(e for e in events if e["event"] == "started")
+    assert started["labelled"] == 1 and started["continuous"] is True
+
+    # The annotator accepts a region of case2: a partial label (255 = not annotated) and dataset.json.
+    partial = np.full(SIZE, 255, np.uint8)
+    inside = sphere(CENTRES["case2"])
+    partial[:, :, :CENTRES["case2"][2]] = inside[:, :, :CENTRES["case2"][2]]
+    sitk.WriteImage(xyz_image(partial), str(local / "labels" / "case2.partial.nii.gz"))
+    description = json.loads((local / "dataset.json").read_text())
+    description["ignore_label"] = 255
+    description["cases"][2]["label"] = "labels/case2.partial.nii.gz"
+    for relative, data in (("labels/case2.partial.nii.gz", (local / "labels" / "case2.partial.nii.gz").read_bytes()),
+                           ("dataset.json", json.dumps(description).encode())):
+        client.upload("live", relative, data)
+    more, offset, _ = client.events_until(
+        job["id"], lambda ev: any(e["event"] == "workspace_reloaded" for e in ev), offset=offset)
+    reloaded = next(e for e in more if e["event"] == "workspace_reloaded")
+    assert "case2" in reloaded["relabelled"] + reloaded["added"] + reloaded["moved"] and reloaded["labelled"] == 2
+
+    assert client.post("/workspaces/live/runs/live/predict", {"cases": ["case2"]}) == {"requested": ["case2"]}
+    more, offset, _ = client.events_until(
+        job["id"], lambda ev: any(e["event"] == "prediction" for e in ev), offset=offset)
+    prediction = next(e for e in more if e["event"] == "prediction")
+    assert prediction["case"] == "case2" and prediction["segmentation"] == "predictions/case2.nii.gz"
+    assert client.get("/workspaces/live/runs/live/files/predictions/case2.nii.gz", raw=True)[:2] == b"\x1f\x8b"
+    client.post(f"/jobs/{job['id']}/stop")
+    _, _, reply = client.events_until(job["id"], lambda ev: False, offset=offset)
+    assert reply["state"] == "cancelled"
