@@ -69,7 +69,11 @@ def remoteWorkspaceName(workspaceDir) -> str:
 def workspaceUploads(workspaceDir) -> list[str]:
     """Relative paths to send: every case's image and label named in dataset.json, reviewed_regions.json, dataset.json last."""
     workspaceDir = Path(workspaceDir)
-    description = json.loads((workspaceDir / "dataset.json").read_text(encoding="utf-8"))
+    try:
+        description = json.loads((workspaceDir / "dataset.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise RemoteError(f"Cannot read {workspaceDir / 'dataset.json'}: {error}.",
+                          "Write the workspace from the scene first (Train does it).") from None
     paths = []
     for case in description.get("cases", []):
         for key in ("image", "label"):
@@ -79,6 +83,9 @@ def workspaceUploads(workspaceDir) -> list[str]:
                 if relative.split("/")[0] not in ("images", "labels") or ".." in relative.split("/"):
                     raise RemoteError(f"Case {case.get('id')}: {value} is outside images/ and labels/.",
                                       "Write the workspace again from the scene (the module keeps files there).")
+                if not (workspaceDir / relative).is_file():
+                    raise RemoteError(f"Case {case.get('id')}: {workspaceDir / relative} does not exist.",
+                                      "Write the workspace again from the scene (Train does it).")
                 paths.append(relative)
     if (workspaceDir / "reviewed_regions.json").exists():
         paths.append("reviewed_regions.json")

@@ -106,6 +106,13 @@ def test_wrong_token_and_missing_server_give_clear_errors(server, tmp_path):
     assert absent.state == "failed" and "Cannot reach the SemiSupSeg server" in absent.error["message"]
     assert "ssh -L 8765:127.0.0.1:8765" in absent.error["hint"]
 
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    unwritten = RemoteTrainingJob(server.url, server.token, empty, helpers.FAST_CONFIG, runId="w3")
+    drain(unwritten, timeout=60)
+    assert unwritten.state == "failed" and "dataset.json" in unwritten.error["message"]
+    assert "bug" not in unwritten.error["hint"]
+
 
 def test_server_restart_during_training_is_reported_and_the_run_resumes(tmp_path):
     root = tmp_path / "root"
