@@ -510,3 +510,21 @@ def test_live_loop_through_the_server_takes_new_partial_labels_and_predicts_on_r
     client.post(f"/jobs/{job['id']}/stop")
     _, _, reply = client.events_until(job["id"], lambda ev: False, offset=offset)
     assert reply["state"] == "cancelled"
+
+
+def test_serve_refuses_bad_settings_with_exit_code_2(tmp_path, capsys):
+    from semisupseg.cli import main
+
+    file_root = tmp_path / "file"
+    file_root.write_text("not a folder")
+    assert main(["serve", "--root", str(file_root)]) == 2
+    assert main(["serve", "--root", str(tmp_path / "r0"), "--port", "70000"]) == 2
+    root = tmp_path / "root"
+    root.mkdir()
+    token = root / ".semisupseg-token"
+    token.write_text("a" * 43)
+    token.chmod(0o644)  # readable by every user of the server: refused
+    assert main(["serve", "--root", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert "is a file, not a folder" in err and "not a TCP port" in err and "chmod 600" in err
+    assert "Traceback" not in err
