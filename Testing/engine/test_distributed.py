@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import io
 import json
 import os
@@ -28,7 +29,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import write_tiny_workspace
 from semisupseg.config import apply_overrides, load_config
 from semisupseg.events import EventWriter
 from semisupseg.training.distributed import Distributed
@@ -36,6 +36,11 @@ from semisupseg.training.trainer import Trainer
 
 pytestmark = pytest.mark.slow
 REPOSITORY = Path(__file__).resolve().parents[2]
+# By path: "from conftest import" would find Testing/slicer_logic's conftest when both folders are collected.
+_spec = importlib.util.spec_from_file_location("engine_conftest", Path(__file__).with_name("conftest.py"))
+_engine_conftest = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_engine_conftest)
+write_tiny_workspace = _engine_conftest.write_tiny_workspace
 ITERATIONS = 40
 CONFIG = {"method": "supervised", "iterations": ITERATIONS, "device": "cpu", "batch_labelled": 1,
           "network_options": {"widths": [4, 8, 16, 32, 64], "dropout": 0.0}, "patch_size": [32, 32, 16],

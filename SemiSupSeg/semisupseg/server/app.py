@@ -246,7 +246,7 @@ def create_app(root: Path, token: str, manager: Optional[JobManager] = None,
         target.parent.mkdir(parents=True, exist_ok=True)
         digest, size = await receive_to(target, request, expected, max_upload_bytes, path,
                                         check=check_dataset_paths if path == "dataset.json" else None)
-        workspaces.record(workspace, path, digest, size)
+        await asyncio.to_thread(workspaces.record, workspace, path, digest, size)
         return {"path": path, "sha256": digest, "size": size}
 
     @router.get("/workspaces/{workspace}/runs/{run}", summary="A run's files (predictions, uncertainty, regions.json, ...)")
@@ -350,8 +350,8 @@ async def receive_to(target: Path, request: Request, expected: str, limit: int, 
                                   "Ask the server's administrator for a larger --max-upload-mb.")
                 digest.update(chunk)
                 stream.write(chunk)
-            stream.flush()
-            os.fsync(stream.fileno())
+            # fsync may wait for the disk: off the event loop, so other requests are not held up.
+            await asyncio.to_thread(flush_to_disk, stream)
         if digest.hexdigest() != expected:
             raise refused(400, f"{name}: checksum mismatch (received {size} bytes with SHA-256 {digest.hexdigest()}, "
                                f"expected {expected}).", "The upload was damaged or incomplete: send it again.")
@@ -363,6 +363,11 @@ async def receive_to(target: Path, request: Request, expected: str, limit: int, 
             os.remove(tmp)
         raise
     return digest.hexdigest(), size
+
+
+def flush_to_disk(stream) -> None:
+    stream.flush()
+    os.fsync(stream.fileno())
 
 
 SWAGGER_PAGE = """<!doctype html><html><head><title>SemiSupSeg server API</title>
