@@ -59,6 +59,35 @@ def fileSha256(path) -> str:
     return digest.hexdigest()
 
 
+HASH_CACHE = ".semisupseg-remote-hashes.json"
+
+
+def cachedSha256(workspaceDir, relativePaths) -> dict:
+    """``{relative path: sha256}``, rehashing only files whose size or modification time changed since
+    the last call (``<workspace>/.semisupseg-remote-hashes.json``, written atomically), so a Train on a
+    large workspace does not read every volume again."""
+    workspaceDir = Path(workspaceDir)
+    cachePath = workspaceDir / HASH_CACHE
+    try:
+        cache = json.loads(cachePath.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        cache = {}
+    digests, fresh = {}, {}
+    for relative in relativePaths:
+        info = (workspaceDir / relative).stat()
+        stamp = [info.st_size, info.st_mtime_ns]
+        entry = cache.get(relative)
+        if not (isinstance(entry, list) and entry[:2] == stamp):
+            entry = stamp + [fileSha256(workspaceDir / relative)]
+        digests[relative], fresh[relative] = entry[2], entry
+    if fresh != cache:
+        fd, tmp = tempfile.mkstemp(prefix=f"{HASH_CACHE}.tmp-", dir=workspaceDir)
+        with os.fdopen(fd, "w", encoding="utf-8") as stream:
+            json.dump(fresh, stream)
+        os.replace(tmp, cachePath)
+    return digests
+
+
 def remoteWorkspaceName(workspaceDir) -> str:
     """``<folder name>-<8 hex of the absolute path>``: two local workspaces never share a server workspace."""
     path = Path(workspaceDir).resolve()
@@ -103,7 +132,7 @@ class RemoteTrainingJob:
     def __init__(self, serverUrl: str, token: str, workspaceDir, config: dict, runId: str, resume: bool = False,
                  initFrom: str | None = None, iterations: int | None = None, continuous: bool = False,
                  remoteWorkspace: str | None = None, pollWait: float = 10.0, reconnectSeconds: float = 60.0,
-                 requestTimeout: float = 30.0):
+                 requestTimeout: float = 30.0, gpus: int = 1):
         self.serverUrl = serverUrl.rstrip("/")
         self._token = token.strip()
         self.workspaceDir = Path(workspaceDir)
@@ -112,6 +141,7 @@ class RemoteTrainingJob:
         self.runDir.mkdir(parents=True, exist_ok=True)
         self.config = dict(config)
         self.resume, self.initFrom, self.iterations, self.continuous = resume, initFrom, iterations, continuous
+        self.gpus = int(gpus)  # > 1: the server trains on that many GPUs under torchrun (DDP)
         self.remoteWorkspace = remoteWorkspace or remoteWorkspaceName(workspaceDir)
         self.pollWait, self.reconnectSeconds, self.requestTimeout = pollWait, reconnectSeconds, requestTimeout
         self.jobId: str | None = None
@@ -220,13 +250,15 @@ class RemoteTrainingJob:
             request["init_from"] = Path(str(self.initFrom)).name  # a local run folder -> its run id
         if self.iterations is not None:
             request["iterations"] = self.iterations
+        if self.gpus > 1:
+            request["gpus"] = self.gpus
         return request
 
     def _upload(self) -> None:
         """Send the files whose SHA-256 differs from the server's copy, one ``upload`` event per file."""
         paths = workspaceUploads(self.workspaceDir)
         remote = self._request("GET", f"/workspaces/{self.remoteWorkspace}/files")["files"]
-        digests = {path: fileSha256(self.workspaceDir / path) for path in paths}
+        digests = cachedSha256(self.workspaceDir, paths)
         changed = [path for path in paths if remote.get(path, {}).get("sha256") != digests[path]]
         self.skipped = [path for path in paths if path not in changed]
         totalBytes = sum((self.workspaceDir / path).stat().st_size for path in changed)

@@ -145,3 +145,18 @@ def test_server_restart_during_training_is_reported_and_the_run_resumes(tmp_path
         assert resumed.state == "cancelled", resumed.error
     finally:
         second.close()
+
+
+def test_hashes_are_cached_by_size_and_modification_time(tmp_path):
+    from SemiSupSegLib.remote_job import HASH_CACHE, cachedSha256, fileSha256
+
+    (tmp_path / "images").mkdir()
+    image = tmp_path / "images" / "a.nii.gz"
+    image.write_bytes(b"first")
+    assert cachedSha256(tmp_path, ["images/a.nii.gz"]) == {"images/a.nii.gz": fileSha256(image)}
+    cache = json.loads((tmp_path / HASH_CACHE).read_text())
+    cache["images/a.nii.gz"][2] = "0" * 64  # a stale digest with the same stamp is trusted: nothing is re-read
+    (tmp_path / HASH_CACHE).write_text(json.dumps(cache))
+    assert cachedSha256(tmp_path, ["images/a.nii.gz"])["images/a.nii.gz"] == "0" * 64
+    image.write_bytes(b"second, longer")  # another size: hashed again
+    assert cachedSha256(tmp_path, ["images/a.nii.gz"]) == {"images/a.nii.gz": fileSha256(image)}
