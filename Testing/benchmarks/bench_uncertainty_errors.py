@@ -138,11 +138,21 @@ def analyse_case(prepared, truth: np.ndarray, predictor: CasePredictor, sources,
     pred = errors = far = band = pick = None
     row, samples = {"case": prepared.id}, {}
     for source in sources:
-        started = time.perf_counter()
-        value, probs = source_map(source, predictor.method, image, predictor, mc_samples=args.mc_samples)
-        value_ref = maps_on_reference(value[None].float(), prepared, renormalise=False)[0]
-        probs_ref = maps_on_reference(probs, prepared, renormalise=True)
-        seconds = time.perf_counter() - started
+        cache = args.cache_dir / f"{prepared.id}-{source}.npz" if args.cache_dir else None
+        if cache is not None and cache.exists():  # region variants re-use the maps (--region-config)
+            stored = np.load(cache)
+            value_ref, probs_ref, seconds = stored["value"], stored["probs"], float(stored["seconds"])
+        else:
+            started = time.perf_counter()
+            value, probs = source_map(source, predictor.method, image, predictor, mc_samples=args.mc_samples)
+            value_ref = maps_on_reference(value[None].float(), prepared, renormalise=False)[0]
+            probs_ref = maps_on_reference(probs, prepared, renormalise=True)
+            seconds = time.perf_counter() - started
+            if cache is not None:
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                np.savez(cache, value=value_ref.astype(np.float16), probs=probs_ref.astype(np.float16), seconds=seconds)
+        value_ref = value_ref.astype(np.float32)
+        probs_ref = probs_ref.astype(np.float32)
         if pred is None:  # the first source fixes the plain prediction and its errors
             pred = probs_ref.argmax(0).astype(np.int64)
             errors = pred != truth
@@ -210,6 +220,10 @@ def main(argv=None) -> int:
     p.add_argument("--pooled-voxels", type=int, default=250_000, help="voxels per case in the pooled AUROC")
     p.add_argument("--cases", type=int, help="only the first N held-out cases")
     p.add_argument("--truth", type=Path, help="folder of <case>.nii.gz ground truth (default: the cases' own labels)")
+    p.add_argument("--region-config", type=json.loads, default={},
+                   help="JSON overriding the run's region settings, e.g. '{\"max_extent_mm\": 30}' (a variant)")
+    p.add_argument("--variant", default="", help="name of the region variant in the record keys")
+    p.add_argument("--no-cache", action="store_true", help="predict again instead of reusing cached maps")
     p.add_argument("--quick", action="store_true", help="3 held-out cases, 5 draws")
     args = p.parse_args(argv)
     if args.quick:
@@ -231,6 +245,8 @@ def main(argv=None) -> int:
     from semisupseg.training.case_split import split_cases
 
     method, config, spec, torch_device = load_run(run_dir)
+    args.cache_dir = None if args.no_cache else bc.BENCH_DIR / "uncertainty_errors" / "maps" / run_dir.name
+    region_cfg = {**config["regions"], **args.region_config}
     predictor = CasePredictor(method, config, spec.num_classes, torch_device)
     sources = [s for s in args.sources.split(",") if s]
     held = split_cases(spec, config["split"]).held_out[: args.cases]
@@ -240,14 +256,16 @@ def main(argv=None) -> int:
         prepared = prepare_case(case, spec.modality, target_spacing=config["target_spacing"], with_label=False)
         truth_path = args.truth / f"{case.id}.nii.gz" if args.truth else case.label
         truth = to_array(read_image(truth_path)).astype(np.int64)
-        row, sample = analyse_case(prepared, truth, predictor, sources, config["regions"], args, rng)
+        row, sample = analyse_case(prepared, truth, predictor, sources, region_cfg, args, rng)
         rows.append(row)
         samples.append(sample)
         bc.log(f"{case.id}: " + "; ".join(
             f"{s} AUROC {row[s]['auroc']:.3f} top {row[s].get('errors_in_top', float('nan')):.3f} "
             f"bnd {row[s].get('errors_in_boundary', float('nan')):.3f} ({row[s]['seconds']:.0f} s)" for s in sources))
-    common = {"run": run_dir.name, "method": config["method"], "iterations": config["iterations"], "cases": len(rows)}
-    per_case = bc.BENCH_DIR / "uncertainty_errors" / f"{run_dir.name}-sources.json"
+    run_key = run_dir.name + (f"+{args.variant}" if args.variant else "")
+    common = {"run": run_key, "method": config["method"], "iterations": config["iterations"], "cases": len(rows),
+              "regions_changed": json.dumps(args.region_config, separators=(",", ":")) if args.region_config else "run's own"}
+    per_case = bc.BENCH_DIR / "uncertainty_errors" / f"{run_key}-sources.json"
     per_case.parent.mkdir(parents=True, exist_ok=True)
     per_case.write_text(json.dumps(rows, indent=1, default=float))  # per-case figures stay out of the docs table
     bc.log(f"per-case figures: {per_case}")
