@@ -110,6 +110,8 @@ class SemiSupSegParameterNode:
     predictEvery - iterations between intermediate predictions; 0 = only at the end.
     showUncertainty, uncertaintyOpacity - the entropy heat overlay in the slice views.
     trainFromScratch - Train again starts from random weights instead of the last run's final weights.
+    keepTraining - the live loop: train until Stop (engine `iterations: 0`, `--continuous`), picking up
+        accepted regions and new labels every `reload_every` iterations; `iterations` is then ignored.
     currentCase, currentRegionIndex - what the Review section shows (-1 = no region visited yet).
     lastRunId - the run whose results are shown and navigated.
     exportFormat, exportDir, exportOverwrite - the Export section.
@@ -128,6 +130,7 @@ class SemiSupSegParameterNode:
     patchZ: Annotated[int, WithinRange(0, 1024)] = 0
     predictEvery: Annotated[int, WithinRange(0, 1_000_000)] = 1000
     trainFromScratch: bool = False
+    keepTraining: bool = True
     showUncertainty: bool = True
     uncertaintyOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.4
     currentCase: vtkMRMLScalarVolumeNode
@@ -184,7 +187,10 @@ def formatDuration(seconds) -> str:
 def progressText(progress: dict) -> str:
     """Two lines from a ``progress`` event: iteration, speed, time left; then the losses."""
     iteration, total = progress.get("iteration"), progress.get("total")
-    parts = [_("Iteration {iteration} / {total}").format(iteration=iteration, total=total)]
+    if total:
+        parts = [_("Iteration {iteration} / {total}").format(iteration=iteration, total=total)]
+    else:  # a continuous run (live loop) has no end
+        parts = [_("Iteration {iteration}, training until stopped").format(iteration=iteration)]
     if progress.get("it_per_s"):
         parts.append(_("{speed:.2f} it/s").format(speed=float(progress["it_per_s"])))
     eta = formatDuration(progress.get("eta_s"))
@@ -283,7 +289,9 @@ def classNamesFromSegments(segmentNamesByCase: dict) -> tuple:
 def trainingConfig(parameters) -> dict:
     """Worker configuration (engine config keys) from the parameter node; 0 / -1 = engine default."""
     config = {"method": parameters.method, "device": parameters.device, "seed": int(parameters.seed)}
-    if parameters.iterations > 0:
+    if getattr(parameters, "keepTraining", False):
+        config["iterations"] = 0  # continuous: until Stop (the engine's open-ended schedule)
+    elif parameters.iterations > 0:
         config["iterations"] = int(parameters.iterations)
     if parameters.batchLabelled > 0:
         config["batch_labelled"] = int(parameters.batchLabelled)
@@ -419,6 +427,7 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.previousRegionButton.connect("clicked(bool)", lambda: self.onStepRegion(-1))
         self.ui.nextRegionButton.connect("clicked(bool)", lambda: self.onStepRegion(+1))
         self.ui.acceptRegionButton.connect("clicked(bool)", self.onAcceptRegion)
+        self.ui.predictNowButton.connect("clicked(bool)", self.onPredictNow)
         self.ui.loadNewerPredictionButton.connect("clicked(bool)", self.onLoadNewerPrediction)
         self.ui.acceptPredictionButton.connect("clicked(bool)", self.onAcceptPrediction)
         self.ui.loadResultsButton.connect("clicked(bool)", self.onLoadResults)
@@ -927,6 +936,8 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if progress.get("total"):
             bar.maximum = int(progress["total"])
             bar.value = min(int(progress.get("iteration", 0)), bar.maximum)
+        else:  # continuous run: a busy indicator
+            bar.maximum = 0
         bar.visible = True
         self.ui.progressLabel.text = progressText(progress)
 
@@ -1085,6 +1096,16 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 case=volume.GetName(), voxels=result["regionVoxels"],
                 state=caseStateText(False, result["regionsReviewed"], True, False)), 5000)
 
+    def onPredictNow(self) -> None:
+        volume = self._parameterNode.currentCase
+        if self._job is None or not isAlive(volume):
+            slicer.util.warningDisplay(_("Select a case while training runs."))
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to request a prediction."), waitCursor=True):
+            self.logic.requestPrediction(self._job.workspaceDir, self._job.runId, [case_nodes.caseIdOf(volume)])
+            slicer.util.showStatusMessage(_("{case}: the prediction comes at the next iteration.").format(
+                case=volume.GetName()), 5000)
+
     def onLoadNewerPrediction(self) -> None:
         volume = self._parameterNode.currentCase
         if not isAlive(volume):
@@ -1119,6 +1140,7 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.previousRegionButton.enabled = hasCurrentResult
         self.ui.nextRegionButton.enabled = hasCurrentResult
         self.ui.acceptPredictionButton.enabled = hasCurrentResult
+        self.ui.predictNowButton.enabled = self._job is not None
         self.ui.acceptRegionButton.enabled = hasCurrentResult  # the logic explains a refusal (e.g. a fully labelled case)
         self.ui.loadNewerPredictionButton.enabled = bool(caseId) and self.logic.newerPredictionRun(caseId) is not None
         self.ui.loadResultsButton.enabled = idle and bool(self._parameterNode and self._parameterNode.lastRunId)

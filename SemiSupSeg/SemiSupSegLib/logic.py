@@ -140,6 +140,26 @@ class SemiSupSegLogic:
     def runDir(self, workspaceDir, runId: str) -> Path:
         return runFolder(workspaceDir, runId)
 
+    def requestPrediction(self, workspaceDir, runId: str, caseIds) -> Path:
+        """Ask the running worker to predict ``caseIds`` at its next iteration (the engine's PREDICT file).
+
+        Written atomically (the worker never reads half a list); a request still waiting is
+        merged, not replaced, so two clicks in a row lose no case. Returns the file's path.
+        """
+        ids = [str(caseId) for caseId in caseIds]
+        if not ids:
+            raise ValueError("No case to predict: select a case in the table first.")
+        path = self.runDir(workspaceDir, runId) / "PREDICT"
+        if not path.parent.is_dir():
+            raise ValueError(f'Run "{runId}" has no folder in {workspaceDir}: start training first.')
+        try:
+            waiting = readJson(path)
+        except (OSError, ValueError):
+            waiting = []
+        merged = list(dict.fromkeys([*(waiting if isinstance(waiting, list) else []), *ids]))
+        atomicWriteJson(path, merged)
+        return path
+
     # -- results --------------------------------------------------------------------------
 
     def loadResults(self, workspaceDir, runId: str, caseIds=None, force: bool = False) -> dict:

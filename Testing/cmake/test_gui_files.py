@@ -389,6 +389,12 @@ def test_training_config_leaves_automatic_values_to_the_engine(gui):
                       "batch_unlabelled": 0, "predict_every": 100, "patch_size": [64, 64, 32]}
 
 
+def test_keep_training_asks_the_engine_for_a_continuous_run(gui):
+    config = gui.trainingConfig(parameters(iterations=500, keepTraining=True))
+    assert config["iterations"] == 0  # the engine's "until stopped"
+    assert gui.trainingConfig(parameters(iterations=500, keepTraining=False))["iterations"] == 500
+
+
 def test_training_config_keys_are_engine_config_keys(gui):
     config_module = MODULE_DIR / "semisupseg" / "config.py"
     if not config_module.exists():
