@@ -240,7 +240,7 @@ def test_a_large_shell_is_cut_into_places_with_targets_inside():
     assert len(regions) >= 5
     covered = np.zeros(shape, np.int32)
     for region, (lo, mask) in zip(regions, masks):
-        assert max(region["extent_mm"]) <= 40.0
+        assert max(region["extent_mm"]) <= 20.0
         hi = np.array(region["bbox_voxels"]["max"])
         assert np.array_equal(hi - lo + 1, mask.shape)
         target = np.array(region["center_voxel"])

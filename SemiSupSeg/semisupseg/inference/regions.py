@@ -266,7 +266,7 @@ def find_uncertain_regions(
     class_weights: dict[int, float] | None = None,
     boundary_width: int = 2,
     max_class_weight: float = 10.0,
-    max_extent_mm: float = 40.0,
+    max_extent_mm: float = 20.0,
     density_mm: float = 6.0,
     error_probability: np.ndarray | None = None,
     return_masks: bool = False,
