@@ -81,6 +81,7 @@ def make_trainer(spec: dict):
     from semisupseg.config import DEFAULTS
     from semisupseg.data.sampling import PatchSampler
     from semisupseg.events import EventWriter
+    from semisupseg.training.distributed import Distributed
     from semisupseg.training.trainer import Trainer
 
     device = torch.device(spec["device"])
@@ -100,6 +101,7 @@ def make_trainer(spec: dict):
         "device": str(device),
     }
     trainer.device = device
+    trainer.dist = Distributed()  # one process: the step's DDP hooks are no-ops
     trainer.num_classes = 2
     trainer.events = EventWriter(stream=io.StringIO(), progress_bar=False)
     trainer.method = trainer._build_method()
@@ -116,6 +118,7 @@ def make_trainer(spec: dict):
     trainer.sampler = sampler_cls(labelled, unlabelled if spec["method"] != "supervised" else [],
                                   tuple(spec["patch"]), device, seed=0)
     trainer.iteration, trainer.total, trainer.skipped_steps = 0, spec["warmup"] + spec["iterations"], 0
+    trainer.ema_offset = 0
     return trainer
 
 
