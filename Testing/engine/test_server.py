@@ -356,9 +356,18 @@ def test_damaged_and_oversized_uploads_are_refused_and_leave_nothing(server, cli
     assert mismatch.value.status == 400 and "checksum mismatch" in mismatch.value.body["detail"]["message"]
 
     big = b"\0" * int(UPLOAD_LIMIT_MB * 1024 * 1024 + 1)
-    with pytest.raises(HttpFailure) as announced:  # Content-Length over the limit: refused before reading
+    try:  # Content-Length over the limit: refused before reading
         client.upload("limits", "images/b.nii.gz", big)
-    assert announced.value.status == 413
+        status = 200
+    except HttpFailure as failure:
+        status = failure.status
+    except urllib.error.URLError as error:
+        # The server answers 413 and closes without reading the body; a client still sending it
+        # may see the closed socket (broken pipe / reset) before it can read that answer.
+        if not isinstance(error.reason, (BrokenPipeError, ConnectionResetError)):
+            raise
+        status = 413
+    assert status == 413
 
     # Streamed without a length (chunked): refused once the limit is passed.
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
