@@ -123,6 +123,17 @@ class Distributed:
             self._owns_group = True
             log(f"distributed: rank {self.rank} of {self.world_size} on {device}")
 
+    def barrier(self) -> None:
+        """Wait until every rank is here (no-op alone).
+
+        Rank 0 still saves and predicts after the other ranks' last step; a rank that left the
+        gloo group meanwhile was seen to abort ("terminate called without an active exception").
+        """
+        import torch.distributed as dist
+
+        if self.enabled and dist.is_initialized():
+            dist.barrier()
+
     def close(self) -> None:
         import torch.distributed as dist
 

@@ -676,6 +676,7 @@ def train_workspace(
     )
     try:
         state = trainer.run()
+        trainer.dist.barrier()  # leave the group together, after rank 0's final save and predictions
     finally:
         trainer.dist.close()
     if state == "cancelled":
