@@ -31,7 +31,8 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-STARTING, RUNNING, FINISHED, CANCELLED, FAILED = "starting", "running", "finished", "cancelled", "failed"
+from .training_job import CANCELLED, FAILED, FINISHED, RUNNING, STARTING, drainEvents
+
 SERVER_ACTIVE = ("queued", "running")
 SERVER_TERMINAL = {"finished": FINISHED, "cancelled": CANCELLED, "failed": FAILED, "interrupted": FAILED}
 DOWNLOADED_FIELDS = ("segmentation", "uncertainty", "mutual_information")
@@ -163,12 +164,7 @@ class RemoteTrainingJob:
 
     def pollEvents(self) -> list[dict]:
         """Events received since the previous call, oldest first."""
-        events = []
-        while True:
-            try:
-                events.append(self._events.get_nowait())
-            except queue.Empty:
-                return events
+        return drainEvents(self._events)
 
     @property
     def state(self) -> str:

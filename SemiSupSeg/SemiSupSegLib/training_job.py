@@ -25,6 +25,18 @@ from pathlib import Path
 LOG = logging.getLogger("SemiSupSeg.worker")
 
 STARTING, RUNNING, FINISHED, CANCELLED, FAILED = "starting", "running", "finished", "cancelled", "failed"
+
+
+def drainEvents(events: "queue.Queue") -> list[dict]:
+    """Everything in ``events`` now, oldest first, without waiting (what a GUI timer polls)."""
+    drained = []
+    while True:
+        try:
+            drained.append(events.get_nowait())
+        except queue.Empty:
+            return drained
+
+
 TERMINAL_EVENTS = {"finished": FINISHED, "cancelled": CANCELLED}
 WORKER_LOG = "worker.log"
 STOP_FILE = "STOP"
@@ -175,12 +187,7 @@ class TrainingJob:
 
     def pollEvents(self) -> list[dict]:
         """Events received since the previous call, oldest first."""
-        events = []
-        while True:
-            try:
-                events.append(self._events.get_nowait())
-            except queue.Empty:
-                return events
+        return drainEvents(self._events)
 
     @property
     def returncode(self) -> int | None:
