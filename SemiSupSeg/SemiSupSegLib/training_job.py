@@ -5,6 +5,13 @@ events (``pollEvents`` drains them, a GUI timer calls it), stderr goes straight 
 ``runs/<id>/worker.log``. Stopping asks politely first (the STOP file the worker checks every
 iteration, then SIGTERM, both of which end in a checkpoint) and then kills the worker's whole
 process group, so no data-loader or GPU helper process outlives it.
+
+In Slicer the worker is started through ``PythonSlicer``, a CTKAppLauncher that runs
+``python-real`` as its child and does not forward SIGTERM: the launcher ends at once while the
+real worker is still writing ``last.pt``. So every wait is on the whole process group, never on the
+launcher alone, before the next step (issue 20, bug 2). On Windows a ``CTRL_BREAK_EVENT`` cannot
+reach a process created with ``CREATE_NO_WINDOW`` (it has no console), so there the STOP file is
+the only polite request and ``taskkill /T`` the end of it.
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+from .dependencies import noConsoleWindow
 
 LOG = logging.getLogger("SemiSupSeg.worker")
 
@@ -43,26 +52,56 @@ STOP_FILE = "STOP"
 STDERR_TAIL_LINES = 20
 # Seconds the worker gets to act on SIGTERM (finish the iteration, write the checkpoint) before it is killed.
 TERMINATE_GRACE_S = 5.0
+GROUP_POLL_S = 0.05
+STOP_FILE_STEP, TERMINATE_STEP, KILL_STEP = "stop-file", "terminate", "kill"
+
+
+def stopSteps(osName: str | None = None) -> tuple:
+    """What ``TrainingJob.stop`` does, in order, each after the previous one had its time.
+
+    POSIX: the STOP file, SIGTERM to the process group, SIGKILL to the group. Windows: the STOP
+    file, then ``taskkill /F /T``; no console control event, which a worker started with
+    ``CREATE_NO_WINDOW`` never receives (waiting for it would only delay the kill)."""
+    if (osName or os.name) == "nt":
+        return (STOP_FILE_STEP, KILL_STEP)
+    return (STOP_FILE_STEP, TERMINATE_STEP, KILL_STEP)
 
 
 def runFolder(workspaceDir, runId: str) -> Path:
     return Path(workspaceDir) / "runs" / runId
 
 
-def defaultPythonExecutable() -> str:
-    """Slicer's Python launcher when running in Slicer, else this interpreter.
+def isPythonInterpreter(path) -> bool:
+    """Whether ``path`` names a Python interpreter (``python``, ``python3.12``, ``python-real``,
+    ``PythonSlicer``, with or without ``.exe``) rather than an application such as ``Slicer``."""
+    name = Path(str(path)).name.lower()
+    if name.endswith(".exe"):
+        name = name[:-4]
+    return name.startswith("python")
 
-    Inside Slicer ``sys.executable`` is the application itself, not a Python interpreter, so
-    ``PythonSlicer`` (next to it, on Slicer's PATH) must be used.
+
+def defaultPythonExecutable(executable: str | None = None, which=shutil.which) -> str:
+    """The worker's Python: ``PythonSlicer`` (on Slicer's PATH or next to ``executable``), else
+    ``executable`` (default ``sys.executable``) when it is a Python interpreter.
+
+    Inside Slicer ``sys.executable`` is the Slicer application itself: starting it with
+    ``-m semisupseg`` would open a second Slicer. Then a RuntimeError says how to choose a Python.
     """
-    launcher = shutil.which("PythonSlicer")
+    executable = executable or sys.executable
+    launcher = which("PythonSlicer")
     if launcher:
         return launcher
-    executableDir = Path(sys.executable).parent
+    executableDir = Path(executable).parent
     for name in ("PythonSlicer", "PythonSlicer.exe"):
         if (executableDir / name).exists():
             return str(executableDir / name)
-    return sys.executable
+    if isPythonInterpreter(executable):
+        return executable
+    raise RuntimeError(
+        f"No PythonSlicer next to {executable}, and {Path(executable).name} is not a Python interpreter (starting it "
+        "would open another Slicer). Reinstall Slicer, or set SemiSupSegLogic.pythonExecutable to a Python that has "
+        "torch and MONAI."
+    )
 
 
 def workerEnvironment(moduleDir, baseEnvironment: dict | None = None) -> dict:
@@ -258,33 +297,52 @@ class TrainingJob:
             (self.runDir / STOP_FILE).write_text("stop requested by SemiSupSeg\n", encoding="utf-8")
 
     def stop(self, timeout: float = 10) -> None:
-        """Stop the worker: STOP file, up to ``timeout`` s to finish; then SIGTERM, then kill the whole tree."""
-        if self.process.poll() is not None:
+        """Stop the worker: the STOP file and up to ``timeout`` s for the whole process group to end
+        (the worker checkpoints and exits); then SIGTERM (POSIX) and ``terminateGrace`` s more;
+        then kill what is left of the tree. See ``stopSteps``."""
+        if self.process.poll() is not None and not self._groupAlive():
             return
+        steps = stopSteps()
         self.requestStop()
-        deadline = time.monotonic() + timeout
-        if not self._waitUntil(deadline):
-            LOG.warning("Run %s did not stop within %s s; terminating it", self.runId, timeout)
-            self._terminateTree()
-            if not self._waitUntil(time.monotonic() + self.terminateGrace):
-                LOG.warning("Run %s ignored the termination request; killing its process tree", self.runId)
+        if not self._waitForGroup(time.monotonic() + timeout):
+            if TERMINATE_STEP in steps:
+                LOG.warning("Run %s did not stop within %s s; terminating it", self.runId, timeout)
+                self._terminateTree()
+                if not self._waitForGroup(time.monotonic() + self.terminateGrace):
+                    LOG.warning("Run %s ignored the termination request; killing its process tree", self.runId)
+            else:
+                LOG.warning("Run %s did not stop within %s s; killing its process tree", self.runId, timeout)
         self._killTree()
         self.process.wait()
         self._reader.join(timeout=5.0)
 
-    def _waitUntil(self, deadline: float) -> bool:
+    def _groupAlive(self) -> bool:
+        """Whether any process of the worker's group is left (POSIX); on Windows, the worker itself.
+
+        The launcher is reaped first (``poll``): an unreaped child is a zombie that still counts as
+        a member of the group."""
+        launcherRunning = self.process.poll() is None
+        if os.name == "nt":
+            return launcherRunning
         try:
-            self.process.wait(max(0.0, deadline - time.monotonic()))
+            os.killpg(self.process.pid, 0)
             return True
-        except subprocess.TimeoutExpired:
+        except ProcessLookupError:
             return False
+        except PermissionError:  # a member we may not signal is still a member
+            return True
+
+    def _waitForGroup(self, deadline: float) -> bool:
+        """Wait until the whole process group has ended (True) or ``deadline`` passed (False)."""
+        while self._groupAlive():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(GROUP_POLL_S)
+        return True
 
     def _terminateTree(self) -> None:
         try:
-            if os.name == "nt":
-                self.process.send_signal(signal.CTRL_BREAK_EVENT)
-            else:
-                os.killpg(self.process.pid, signal.SIGTERM)
+            os.killpg(self.process.pid, signal.SIGTERM)
         except (ProcessLookupError, PermissionError, OSError):
             pass
 
@@ -292,7 +350,8 @@ class TrainingJob:
         """Kill every process left in the worker's group (the worker itself and any helpers it started)."""
         if os.name == "nt":
             if self.process.poll() is None:
-                subprocess.run(["taskkill", "/F", "/T", "/PID", str(self.process.pid)], capture_output=True, check=False)
+                subprocess.run(["taskkill", "/F", "/T", "/PID", str(self.process.pid)], capture_output=True, check=False,
+                               stdin=subprocess.DEVNULL, **noConsoleWindow())
             return
         try:
             os.killpg(self.process.pid, signal.SIGKILL)

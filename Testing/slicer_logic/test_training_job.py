@@ -137,3 +137,57 @@ def test_resuming_removes_a_stale_stop_file(tmp_path):
     job = fakeWorker(tmp_path, emit(event="finished"))
     job.wait(timeout=30)
     assert not (runDir / "STOP").exists()
+
+
+@pytest.mark.skipif(os.name == "nt", reason="process groups are POSIX")
+def test_stop_waits_for_the_real_worker_behind_a_launcher_that_ends_at_once(tmp_path):
+    """PythonSlicer is a CTKAppLauncher: it runs python-real as a child and ends at SIGTERM at once.
+    The worker behind it needs a moment to write its checkpoint; stop must not SIGKILL it meanwhile."""
+    checkpoint, workerPidFile = tmp_path / "last.pt", tmp_path / "worker.pid"
+    worker = textwrap.dedent(
+        f"""
+        import os, signal, sys, time
+        def checkpointThenExit(signum, frame):
+            time.sleep(1.0)  # writing last.pt takes a while
+            with open({str(checkpoint)!r} + ".tmp", "w") as stream:
+                stream.write("complete")
+            os.replace({str(checkpoint)!r} + ".tmp", {str(checkpoint)!r})
+            sys.exit(0)
+        signal.signal(signal.SIGTERM, checkpointThenExit)
+        open({str(workerPidFile)!r}, "w").write(str(os.getpid()))
+        while True:  # ignores the STOP file
+            time.sleep(0.05)
+        """
+    )
+    launcher = f"import subprocess\nsubprocess.run([sys.executable, '-c', {worker!r}])\n"  # default SIGTERM: dies at once
+    job = fakeWorker(tmp_path, launcher, terminateGrace=20)
+    deadline = time.monotonic() + 20
+    while not (workerPidFile.exists() and workerPidFile.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    workerPid = int(workerPidFile.read_text())
+    job.stop(timeout=0.3)
+    assert checkpoint.read_text() == "complete", "the worker was killed while writing its checkpoint"
+    assert processGone(workerPid) and job.state == "cancelled"
+
+
+def test_stop_steps_per_platform():
+    from SemiSupSegLib.training_job import stopSteps
+
+    assert stopSteps("posix") == ("stop-file", "terminate", "kill")
+    # CTRL_BREAK_EVENT never reaches a CREATE_NO_WINDOW process: the STOP file, then taskkill.
+    assert stopSteps("nt") == ("stop-file", "kill")
+
+
+def test_worker_python_is_never_the_slicer_application(tmp_path):
+    from SemiSupSegLib.training_job import defaultPythonExecutable
+
+    noLauncher = lambda name: None  # noqa: E731
+    slicerApp = tmp_path / "Slicer-5.8" / "bin" / "SlicerApp-real"
+    slicerApp.parent.mkdir(parents=True)
+    slicerApp.write_text("")
+    with pytest.raises(RuntimeError, match="another Slicer"):
+        defaultPythonExecutable(str(slicerApp), which=noLauncher)
+    (slicerApp.parent / "PythonSlicer").write_text("")
+    assert defaultPythonExecutable(str(slicerApp), which=noLauncher) == str(slicerApp.parent / "PythonSlicer")
+    assert defaultPythonExecutable("/usr/bin/python3.12", which=noLauncher) == "/usr/bin/python3.12"
+    assert defaultPythonExecutable(str(slicerApp), which=lambda name: "/opt/Slicer/bin/PythonSlicer") == "/opt/Slicer/bin/PythonSlicer"
