@@ -50,6 +50,7 @@ def windows(size, patch, overlap) -> int:
 
 def worker(spec: dict) -> dict:
     import torch
+    from semisupseg.inference.label_maps import labels_and_confidence
     from semisupseg.inference.sliding_window import predict_probabilities
     from semisupseg.inference.uncertainty import normalised_entropy
     from semisupseg.networks import build_network
@@ -71,10 +72,10 @@ def worker(spec: dict) -> dict:
                                       sw_batch_size=spec["sw_batch"], mc_samples=spec["mc"], autocast_dtype=autocast)
     t1 = time.perf_counter()
     entropy = normalised_entropy(probs)
-    labels = probs.argmax(0).to(torch.uint8)
+    labels, _ = labels_and_confidence(probs)
     t2 = time.perf_counter()
     out = {"cpu_s": time.process_time() - c0,"threads": torch.get_num_threads(), "probabilities_s": t1 - t0, "entropy_s": t2 - t1, "total_s": t2 - t0, "load_avg": [load, bc.load_average()],
-           "entropy_mean": float(entropy.mean()), "labels": int(labels.numel()), "mi": mi is not None}
+           "entropy_mean": float(entropy.mean()), "labels": int(labels.size), "mi": mi is not None}
     if device.type == "cuda":
         out["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
     else:

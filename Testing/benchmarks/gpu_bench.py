@@ -351,8 +351,12 @@ def first_value(rows: List[dict], field: str):
     return values[0] if values else None
 
 
-def targets(records: List[dict]) -> List[dict]:
-    """The issue's targets, each with the measured value, whether it is met, and where it comes from."""
+def targets(records: List[dict], parts_run: Optional[List[str]] = None) -> List[dict]:
+    """The issue's targets, each with the measured value, whether it is met, and where it comes from.
+
+    With ``parts_run`` (a ``--parts`` call), only the targets fed by those parts: an empty row for a
+    part that was not run would replace, when merged, the value an earlier full run measured.
+    """
     step = find(records, "train_step", "step", method="dycon")
     ratio_rows = find(records, "train_step", "step", method="dycon / mean_teacher")
     faster = [r for r in find(records, "train_step", "optimisations") if "fp32" not in r["key"]]
@@ -378,9 +382,10 @@ def targets(records: List[dict]) -> List[dict]:
         ("DyCON fixed-budget run: held-out synthetic Dice", "no target (regression watch)",
          first_value(budget, "held_out_dice"), None, "train_budget"),
     ]
+    ran = set(PARTS if parts_run is None else parts_run)
     return [{"target": name, "goal": goal, "value": value,
              "met": None if value is None or check is None else bool(check(value)), "source": source}
-            for name, goal, value, check, source in rows]
+            for name, goal, value, check, source in rows if ran & {p.strip() for p in source.split(",")}]
 
 
 def summary_lines(records: List[dict]) -> List[str]:
@@ -471,7 +476,7 @@ def run_parts(kit: Kit, runner: PartRunner, chosen: List[str], data: subprocess.
             if data.poll() is None:
                 stop_group(data, grace_s=1.0)
             record_data(kit, device, data)
-        for row in targets(kit.records):
+        for row in targets(kit.records, chosen):
             kit.add(kit.own_record("targets", row["target"], device, **row), "targets")
 
 

@@ -183,7 +183,8 @@ def test_sigterm_ends_the_kit_with_its_records_and_targets_written(tmp_path):
     assert any(r["table"] == "per_volume" for r in rows)  # measured before the signal: kept
     status = {r["key"]: r["status"] for r in rows if r["table"] == "parts"}
     assert status["inference"].startswith("not finished") and status["compile"].startswith("not finished")
-    assert len([r for r in rows if r["table"] == "targets"]) == 8
+    # only the targets the called parts feed: the two inference ones and the best-step one (compile)
+    assert sorted(r["source"] for r in rows if r["table"] == "targets") == ["inference", "inference", "step, compile"]
 
 
 def test_a_part_that_no_longer_fits_is_recorded_as_skipped(tmp_path):
@@ -233,6 +234,17 @@ def test_targets_take_the_best_step_and_the_issue_limits():
     assert got["inference|< 5 s"] == (6.5, False)
     assert got["inference|< 1 s"] == (None, None)  # not measured: neither met nor failed
     assert got["first_overlay|< 60 s"] == (None, None)
+
+
+def test_a_parts_call_reports_only_the_targets_its_parts_feed():
+    """A --parts inference call must not emit empty step targets: merged, they would replace the
+    values of an earlier full run (seen when merging the second H200 call of 2026-11-27)."""
+    records = [{"benchmark": "inference", "table": "per_volume", "key": "large|512x512x300", "setting": "large",
+                "total_s": 4.0}]
+    sources = [t["source"] for t in gpu_bench.targets(records, ["inference"])]
+    assert sources == ["inference", "inference"]
+    assert {t["source"] for t in gpu_bench.targets(records, ["step"])} == {"step", "step, compile"}
+    assert len(gpu_bench.targets(records)) == 8
 
 
 # --------------------------------------------------------------------------- wheels and size

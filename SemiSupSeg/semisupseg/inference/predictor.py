@@ -19,6 +19,7 @@ import torch
 from ..config import sliding_window_overlap
 from ..data.io import from_array, to_array, write_image_atomic
 from ..data.preprocess import resample_like
+from .label_maps import labels_and_confidence
 from .regions import find_uncertain_regions, write_regions_json
 from .scores import case_score, rank_cases
 from .sliding_window import predict_probabilities
@@ -83,12 +84,12 @@ def predict_cases(
                 on_notice=lambda message: events.emit("notice", case=prepared.id, message=message),
             )
             probs_ref = maps_on_reference(probs, prepared, renormalise=True)
-            labelmap = probs_ref.argmax(0).astype(np.uint8)
+            labelmap, top_probability = labels_and_confidence(probs_ref)
             entropy = normalised_entropy(torch.from_numpy(probs_ref)).numpy().astype(np.float32)
             outputs = write_case_maps(run_dir, prepared, labelmap, entropy, mutual_info)
             score = float(case_score(entropy, labelmap, num_classes))
             scores[prepared.id] = score
-            wrong = (1.0 - probs_ref.max(axis=0)).astype(np.float32)  # expected-error estimate per voxel
+            wrong = 1.0 - top_probability  # expected-error estimate per voxel
             regions[prepared.id] = uncertain_regions(entropy, labelmap, prepared.reference, region_cfg, wrong)
             events.emit(
                 "prediction",
