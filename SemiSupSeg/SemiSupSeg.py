@@ -38,6 +38,7 @@ from slicer.util import VTKObservationMixin
 
 from SemiSupSegLib import SemiSupSegLogic, TrainingJob  # noqa: F401 (TrainingJob: for scripting)
 from SemiSupSegLib import case_nodes
+from SemiSupSegLib.panel import CaseDisplay, ParameterNodeGuiBinding, PathField, patchSizeProblem
 
 MODULE_NAME = "SemiSupSeg"
 HOMEPAGE = "https://github.com/semisupseg/SlicerSemiSupSeg"
@@ -50,8 +51,8 @@ EXPORT_FORMATS = ["seg.nrrd", "nifti", "dicomseg"]
 VOLUME_FILE_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 POLL_INTERVAL_MS = 500  # how often the widget drains the worker's events while training
 ENGINE_STATUS_POLL_MS = 200
-# Training patches are built from 16-voxel blocks (the networks downsample 4 times).
-PATCH_MULTIPLE = 16
+# Folder fields bound by hand (SemiSupSegLib.panel.PathField), not by connectGui: widget -> parameter.
+PATH_FIELDS = {"workspacePathLineEdit": "workspaceDir", "exportDirectoryPathLineEdit": "exportDir"}
 TRAINING, STOPPING, IDLE = "training", "stopping", "idle"
 
 
@@ -141,11 +142,17 @@ class SemiSupSegParameterNode:
     exportOverwrite: bool = False
 
 
-def getParameterNode() -> SemiSupSegParameterNode:
-    """The module's parameter node (a singleton in the scene, created on first use)."""
+def parameterMRMLNode():
+    """The module's vtkMRMLScriptedModuleNode (a singleton in the scene, created on first use)."""
     holder = ScriptedLoadableModuleLogic()
     holder.moduleName = MODULE_NAME  # the singleton tag; the class name would give another one
-    return SemiSupSegParameterNode(holder.getParameterNode())
+    return holder.getParameterNode()
+
+
+def getParameterNode() -> SemiSupSegParameterNode:
+    """A typed wrapper of the module's parameter node (for scripts; the widget keeps its own, see
+    ParameterNodeGuiBinding: a wrapper per module enter broke the GUI bindings in Slicer 5.8)."""
+    return SemiSupSegParameterNode(parameterMRMLNode())
 
 
 #
@@ -305,16 +312,6 @@ def trainingConfig(parameters) -> dict:
     return config
 
 
-def patchSizeProblem(patch) -> Optional[str]:
-    """None when the patch is automatic (all 0) or three positive multiples of 16."""
-    if not any(patch):
-        return None
-    if all(p > 0 and p % PATCH_MULTIPLE == 0 for p in patch):
-        return None
-    return _("Patch size {patch}: set all three to multiples of {multiple}, or all to auto.").format(
-        patch=tuple(patch), multiple=PATCH_MULTIPLE)
-
-
 def validateTrainingInputs(workspaceDir, cases: list, patch=(0, 0, 0)) -> list:
     """Every reason Train cannot start, as sentences that say what to do; [] when it can."""
     problems = []
@@ -378,7 +375,6 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         VTKObservationMixin.__init__(self)  # needed for parameter node observation
         self.logic = None
         self._parameterNode = None
-        self._parameterNodeGuiTag = None
         self._job = None  # TrainingJob while a worker runs
         self._trainingState = IDLE
         self._pollTimer = None
@@ -388,7 +384,9 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._engineStatusThread = None
         self._updatingTable = False
         self._tableSignature = None
-        self._displayedOverlay = None
+        self._binding = None  # ParameterNodeGuiBinding: one wrapper and one connectGui per parameter node
+        self._display = None  # CaseDisplay: the case on screen and its overlay, as the panel says
+        self._pathFields = {}  # ctkPathLineEdit -> PathField
         self._reviewedRegionCounts = {}  # case id -> regions accepted (partial label), from the workspace
 
     def setup(self) -> None:
@@ -401,6 +399,9 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
 
         self.logic = SemiSupSegLogic()
+        self._binding = ParameterNodeGuiBinding(SemiSupSegParameterNode, self.ui)
+        self._display = CaseDisplay(self.logic, fitViews=slicer.util.resetSliceViews)
+        self._setupPathFields()
 
         self._pollTimer = qt.QTimer()
         self._pollTimer.setInterval(POLL_INTERVAL_MS)
@@ -446,6 +447,8 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._stopWorker(wait=True)
         if self._pollTimer is not None:
             self._pollTimer.stop()
+        if self._binding is not None:
+            self._binding.release()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -460,12 +463,9 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def exit(self) -> None:
         """Called each time the user opens a different module.
 
-        The GUI stops following the parameter node; a running training and the polling of its
-        events go on, so results keep arriving while another module (e.g. Segment Editor) is open."""
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+        The GUI stays connected to the parameter node (one connectGui per node, see
+        ParameterNodeGuiBinding); a running training and the polling of its events go on, so results
+        keep arriving while another module (e.g. Segment Editor) is open."""
 
     def onSceneStartClose(self, caller, event) -> None:
         """Called just before the scene is closed.
@@ -475,6 +475,7 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._stopWorker(wait=False)
         self._caseScores.clear()
         self._regionsCache.clear()
+        self._display.forget()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -487,27 +488,56 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # -- parameter node -------------------------------------------------------------------
 
     def initializeParameterNode(self) -> None:
-        """Ensure the parameter node exists and is observed; fill default folders."""
-        self.setParameterNode(getParameterNode())
+        """Ensure the parameter node exists, is observed and bound to the GUI (once per node); fill
+        the default folders of a node seen for the first time."""
+        self.setParameterNode(parameterMRMLNode())
+        if not self._binding.newlyBound:
+            return
         parameters = self._parameterNode
         if not isPathSet(parameters.workspaceDir):
             parameters.workspaceDir = pathlib.Path(slicer.app.defaultScenePath) / "SemiSupSeg"
         if not isPathSet(parameters.exportDir):
             parameters.exportDir = pathlib.Path(parameters.workspaceDir) / "export"
 
-    def setParameterNode(self, inputParameterNode: Optional[SemiSupSegParameterNode]) -> None:
-        """Set and observe the parameter node; widgets with a SlicerParameterName follow it both ways."""
+    def setParameterNode(self, mrmlNode) -> None:
+        """Bind the GUI to ``mrmlNode`` (None: unbind) and observe it; the same node again changes nothing."""
+        wrapper = self._binding.bind(mrmlNode)
+        if wrapper is self._parameterNode:
+            return
         if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
-        self._parameterNode = inputParameterNode
+        self._parameterNode = wrapper
         self._tableSignature = None
-        self._displayedOverlay = None
         if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
             self._refreshCases()  # also reads the reviewed-region counts of the workspace
+
+    def _setupPathFields(self) -> None:
+        """Bind the folder fields by hand (issue 20, bug 6: Slicer's ctkPathLineEdit <-> pathlib.Path
+        connector rewrites the text at every keystroke). Their SlicerParameterName is cleared so that
+        connectGui skips them (it binds only widgets whose property is non-empty, Slicer 5.8 and main)."""
+        for widgetName, parameterName in PATH_FIELDS.items():
+            widget = getattr(self.ui, widgetName)
+            widget.setProperty("SlicerParameterName", "")
+            field = PathField(functools.partial(self._pathParameter, parameterName),
+                              functools.partial(self._setPathParameter, parameterName))
+            self._pathFields[widget] = field
+            widget.connect("currentPathChanged(QString)", field.onTextChanged)
+
+    def _pathParameter(self, name: str):
+        return getattr(self._parameterNode, name) if self._parameterNode is not None else None
+
+    def _setPathParameter(self, name: str, path) -> None:
+        if self._parameterNode is not None:
+            setattr(self._parameterNode, name, path)
+
+    def _syncPathFields(self) -> None:
+        for widget, field in self._pathFields.items():
+            text = field.textToShow(widget.currentPath)
+            if text is not None:  # only a change made elsewhere: the text being typed is never rewritten
+                wasBlocked = widget.blockSignals(True)
+                widget.currentPath = text
+                widget.blockSignals(wasBlocked)
 
     def onParameterNodeModified(self, caller=None, event=None) -> None:
         """Everything not bound through the .ui follows the parameter node here (cheap: each
@@ -515,10 +545,11 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode is None:
             return
         self._syncMethodComboBox()
+        self._syncPathFields()
         self._updateCasesTable()
         self._updateClassNames()
         self._updateButtons()
-        self._applyOverlay()
+        self._display.follow(self._parameterNode.showUncertainty, self._parameterNode.uncertaintyOpacity)
         self._updateRegionLabel()
 
     # -- cases ----------------------------------------------------------------------------
@@ -646,7 +677,7 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.NodeModify(self._parameterNode):
             self._parameterNode.currentCase = selected[0]
             self._parameterNode.currentRegionIndex = -1
-        self._applyOverlay(selected[0])
+        self._showCase(selected[0])
 
     def _refreshCases(self) -> None:
         """Node attributes and workspace files do not modify the parameter node: redraw what depends on them."""
@@ -777,12 +808,10 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 result["status"] = logic.engineStatus()
             except Exception as error:
                 result["status"] = {"error": str(error)}
-            listMethods = getattr(logic, "availableMethods", None)  # optional in the logic
-            if listMethods is not None:
-                try:
-                    result["methods"] = methodEntries(listMethods())
-                except Exception:
-                    logging.debug("SemiSupSeg: method list unavailable", exc_info=True)
+            try:  # the engine's own list (`semisupseg methods --json` in the worker's Python)
+                result["methods"] = methodEntries(logic.availableMethods())
+            except Exception:  # e.g. torch not installed yet: DEFAULT_METHODS stay
+                logging.debug("SemiSupSeg: method list unavailable", exc_info=True)
 
         thread = threading.Thread(target=work, name="SemiSupSeg engine status", daemon=True)
         self._engineStatusThread = thread
@@ -870,6 +899,7 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._hideError()
         with slicer.util.tryWithErrorDisplay(_("Failed to start training."), waitCursor=True):
             workspace = str(parameters.workspaceDir)
+            self.ui.workspacePathLineEdit.addCurrentPathToHistory()  # settingKey keeps only what is added
             cases = [(volume, self._segmentationOf(volume), case_nodes.isLabelled(volume)) for volume in self._cases()]
             summary = self.logic.writeWorkspace(workspace, cases)
             config = trainingConfig(parameters)
@@ -987,6 +1017,7 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         Loading shows a loaded case in the views; predictions arriving during training must not
         pull the annotator away from the case on screen, so that one is put back."""
         viewed = self._viewedVolume()
+        viewedCaseId = case_nodes.caseIdOf(viewed) if isAlive(viewed) else None
         try:
             self.logic.loadResults(str(workspaceDir), runId, caseIds)
         except Exception as error:
@@ -995,8 +1026,9 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                              "hint": _("The run folder may be incomplete; see the worker log.")})
             return
         self._regionsCache = {key: value for key, value in self._regionsCache.items() if key[0] != runId}
-        if isAlive(viewed):
-            self._applyOverlay(viewed)
+        parameters = self._parameterNode
+        if not self._display.reapply(parameters.showUncertainty, parameters.uncertaintyOpacity, viewedCaseId) and isAlive(viewed):
+            slicer.util.setSliceViewerLayers(background=viewed, foreground=None)  # not a case: put it back as it was
         self._refreshCases()
 
     def onLoadResults(self) -> None:
@@ -1035,7 +1067,7 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         index = (current + step) % len(regions) if current >= 0 else (0 if step > 0 else len(regions) - 1)
         self._parameterNode.currentRegionIndex = index
         with slicer.util.tryWithErrorDisplay(_("Failed to show the region.")):
-            self.logic.jumpToRegion(regions[index])
+            self._display.jumpToRegion(regions[index], self._parameterNode.showUncertainty, self._parameterNode.uncertaintyOpacity)
 
     def _updateRegionLabel(self) -> None:
         if self._currentCaseId() is None or not self._parameterNode.lastRunId:
@@ -1051,34 +1083,16 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return None
         return slicer.mrmlScene.GetNodeByID(composite.GetBackgroundVolumeID())
 
-    @staticmethod
-    def _uncertaintyOf(volume):
+    def _showCase(self, volume) -> None:
+        """Show ``volume`` in the slice views with its overlay as the panel says (CaseDisplay); the
+        views are refitted when another case comes on screen. A volume not yet in the workspace has
+        no results: it is shown alone."""
         caseId = case_nodes.caseIdOf(volume) if isAlive(volume) else None
-        return case_nodes.resultNode(slicer.mrmlScene, caseId, case_nodes.UNCERTAINTY) if caseId else None
-
-    def _applyOverlay(self, volume=None) -> None:
-        """Overlay the uncertainty map that belongs to the image on display.
-
-        With ``volume``: show that volume in the background, with its map. Without: keep the
-        background and match the foreground to it, so a map never lies over another case."""
-        parameters = self._parameterNode
-        showBackground = isAlive(volume)
-        if not showBackground:
-            volume = self._viewedVolume()
-        uncertainty = self._uncertaintyOf(volume)
-        shown = uncertainty if parameters.showUncertainty else None
-        opacity = parameters.uncertaintyOpacity
-        state = (volume.GetID() if volume else None, shown.GetID() if shown else None, round(opacity, 3))
-        if state == self._displayedOverlay and not showBackground:
+        if caseId is None:
+            self._display.forget()
+            slicer.util.setSliceViewerLayers(background=volume, foreground=None, fit=True)
             return
-        self._displayedOverlay = state
-        if showBackground:
-            slicer.util.setSliceViewerLayers(background=volume, foreground=shown, foregroundOpacity=opacity)
-            return
-        composite = slicer.mrmlScene.GetNodeByID("vtkMRMLSliceCompositeNodeRed")
-        foreground = slicer.mrmlScene.GetNodeByID(composite.GetForegroundVolumeID() or "") if composite else None
-        if uncertainty is not None or (foreground is not None and case_nodes.isResultNode(foreground)):
-            slicer.util.setSliceViewerLayers(foreground=shown, foregroundOpacity=opacity)  # leave other overlays alone
+        self._display.show(caseId, self._parameterNode.showUncertainty, self._parameterNode.uncertaintyOpacity)
 
     def onAcceptRegion(self) -> None:
         volume = self._parameterNode.currentCase
@@ -1112,8 +1126,8 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         with slicer.util.tryWithErrorDisplay(_("Failed to load the newer prediction."), waitCursor=True):
             self.logic.loadNewerPrediction(str(self._parameterNode.workspaceDir), volume)
-            self._displayedOverlay = None
-            self._applyOverlay(volume)
+            self._display.reapply(self._parameterNode.showUncertainty, self._parameterNode.uncertaintyOpacity,
+                                  case_nodes.caseIdOf(volume))
             self._refreshCases()
 
     def onAcceptPrediction(self) -> None:
@@ -1153,6 +1167,7 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not isPathSet(parameters.exportDir):
             slicer.util.warningDisplay(_("Choose an output folder first."))
             return
+        self.ui.exportDirectoryPathLineEdit.addCurrentPathToHistory()
         with slicer.util.tryWithErrorDisplay(_("Export failed."), waitCursor=True):
             paths = self.logic.exportSegmentations(
                 str(parameters.exportDir), format=parameters.exportFormat, overwrite=parameters.exportOverwrite)

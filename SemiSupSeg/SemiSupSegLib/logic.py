@@ -8,7 +8,9 @@ module imports Qt; the GUI keeps the parameter node.
 
 from __future__ import annotations
 
+import json
 import secrets
+import subprocess
 import time
 from pathlib import Path
 
@@ -18,7 +20,8 @@ from . import case_nodes, dependencies, navigation, prediction_edits, region_cor
 from .corrections import acceptPrediction
 from .exporter import Exporter
 from .files import atomicWriteJson, readJson
-from .results_loader import ResultsLoader
+from .dependencies import noConsoleWindow
+from .results_loader import UNCERTAINTY_OPACITY, ResultsLoader
 from .training_job import TrainingJob, defaultPythonExecutable, runFolder, workerCommand, workerEnvironment
 from .workspace_files import classNamesOf, readDataset
 from .workspace_writer import WorkspaceWriter
@@ -26,6 +29,7 @@ from .workspace_writer import WorkspaceWriter
 MODULE_DIR = Path(__file__).resolve().parent.parent  # SemiSupSeg/: holds the engine package ``semisupseg``
 # What the Slicer side remembers about a run it started (the class list, for warm-start checks).
 RUN_NOTE_FILE = "slicer-run.json"
+METHODS_TIMEOUT_S = 120
 
 
 def newRunId() -> str:
@@ -185,8 +189,10 @@ class SemiSupSegLogic:
             raise ValueError(f'No newer prediction is waiting for case "{caseId}".')
         return self.loadResults(workspaceDir, runId, [caseId], force=True)[caseId]
 
-    def showCase(self, caseId: str) -> None:
-        ResultsLoader(self.scene).showCase(caseId)
+    def showCase(self, caseId: str, showUncertainty: bool = True, opacity: float | None = None) -> None:
+        """The case's volume in every slice view, its uncertainty map over it as the panel says
+        (``showUncertainty``, ``opacity``; None = the default 0.4), the prediction outlined or filled."""
+        ResultsLoader(self.scene).showCase(caseId, showUncertainty, UNCERTAINTY_OPACITY if opacity is None else opacity)
 
     def regions(self, workspaceDir, runId: str, caseId: str) -> list[dict]:
         return navigation.loadRegions(workspaceDir, runId, caseId)
@@ -195,11 +201,14 @@ class SemiSupSegLogic:
     def regionCenterRAS(region: dict) -> list[float]:
         return navigation.regionCenterRAS(region)
 
-    def jumpToRegion(self, region: dict) -> None:
-        """Show the region's case (when its results are loaded) and centre all slice views on the region."""
+    def jumpToRegion(self, region: dict, showUncertainty: bool = True, opacity: float | None = None) -> None:
+        """Show the region's case (when its results are loaded) and centre all slice views on the region.
+
+        The overlay follows the panel's Show uncertainty and Opacity (issue 20, bug 5: it used to be
+        re-shown at 0.4 whatever the panel said)."""
         caseId = region.get("case")
         if caseId and case_nodes.volumeNodeForCase(self.scene, caseId) is not None:
-            ResultsLoader(self.scene).showCase(caseId)
+            self.showCase(caseId, showUncertainty, opacity)
         navigation.jumpToRegion(self.scene, region)
 
     def caseScores(self, workspaceDir, runId: str) -> dict[str, float]:
@@ -248,6 +257,24 @@ class SemiSupSegLogic:
         """Torch version, CUDA, device and missing requirements of the worker's Python (runs a child process)."""
         python = self.workerPython(pythonExecutable)
         return dependencies.engineStatus(python, self.requirements(), self.workerEnvironment(python))
+
+    def availableMethods(self, pythonExecutable: str | None = None) -> dict:
+        """The engine's training methods, ``{name: {"description", "uses_unlabelled", "options"}}``, from
+        ``semisupseg methods --json`` in the worker's Python (a child process: torch stays out of Slicer's).
+
+        Raises RuntimeError with the worker's last stderr lines when the listing fails (e.g. no torch yet)."""
+        python = self.workerPython(pythonExecutable)
+        completed = subprocess.run(
+            [str(python), "-m", "semisupseg", "methods", "--json"], capture_output=True, text=True,
+            timeout=METHODS_TIMEOUT_S, env=self.workerEnvironment(python), stdin=subprocess.DEVNULL, **noConsoleWindow(),
+        )
+        try:
+            listing = json.loads(completed.stdout) if completed.returncode == 0 else None
+        except ValueError:
+            listing = None
+        if not isinstance(listing, dict):
+            raise RuntimeError(f"{python} -m semisupseg methods failed: {completed.stderr.strip()[-1000:]}")
+        return listing
 
     def installDependencies(self, confirm) -> None:
         """Install torch (PyTorch extension) and the other requirements into Slicer's Python after ``confirm(message)``."""

@@ -100,7 +100,7 @@ def test_configure_build_install_package(tmp_path):
     assert 'set(SemiSupSeg_EXTENSION_CATEGORY "Segmentation")' in config
 
 
-MINIMAL_EXTENSION = """cmake_minimum_required(VERSION 3.16.3)
+MINIMAL_EXTENSION = """cmake_minimum_required(VERSION 3.16.3...3.28)
 project({name} LANGUAGES NONE)
 set(EXTENSION_HOMEPAGE "https://example.org")
 set(EXTENSION_CATEGORY "Segmentation")

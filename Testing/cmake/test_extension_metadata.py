@@ -108,3 +108,13 @@ def test_requirements_leave_slicers_own_packages_alone():
     names = {re.split(r"[<>=!~\[; ]", r, maxsplit=1)[0].lower() for r in requirements if r}
     assert {"monai", "tqdm"} <= names
     assert not names & {"numpy", "simpleitk", "vtk", "scipy", "torch"}, "Slicer ships these; torch comes from PyTorchUtils"
+
+
+def test_cmake_minimum_required_has_a_policy_upper_bound():
+    """``cmake_minimum_required(VERSION 3.16.3...3.28)``: without the upper bound, CMake 4 refuses a
+    project whose minimum is below 3.5's policies and newer CMake 3.x warn; the range sets the
+    policies of every version up to 3.28 (issue 20)."""
+    match = re.search(r"cmake_minimum_required\(\s*VERSION\s+([0-9.]+)\.\.\.([0-9.]+)\s*\)", TOP_CMAKE.read_text(encoding="utf-8"))
+    assert match, "cmake_minimum_required needs a VERSION min...max range"
+    low, high = (tuple(int(part) for part in version.split(".")) for version in match.groups())
+    assert low == (3, 16, 3) and high >= (3, 28) and high > low
