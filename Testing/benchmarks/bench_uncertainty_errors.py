@@ -124,6 +124,24 @@ def region_figures(regions, masks, errors, far, band_voxels, top: int, draws: in
     return out
 
 
+def oracle_figures(errors: np.ndarray, pred: np.ndarray, band_voxels, reference, region_cfg: dict, top: int,
+                   draws: int, rng) -> dict:
+    """What boxes could hold if the errors were known: the top-k boxes of side max_extent_mm
+    placed greedily on the true error map (centres anywhere, no overlap: the engine's
+    ``error_boxes`` placement fed the truth), against boundary-random boxes of the same sizes.
+    It bounds the ratio any uncertainty map can reach with boxes of that size on this prediction."""
+    from semisupseg.inference.regions import find_uncertain_regions
+
+    regions = find_uncertain_regions(np.ones(errors.shape, np.float32), pred, reference, threshold=0.5,
+                                     min_volume_mm3=0.0, max_regions=top, placement="error_boxes",
+                                     max_extent_mm=region_cfg.get("max_extent_mm", 20.0),
+                                     error_probability=errors.astype(np.float32), class_weights={})
+    boxes = top_boxes(regions, top)
+    placed = [boxes_around(band_voxels, boxes, errors.shape, rng) for _ in range(draws)] if len(band_voxels) else []
+    return {"errors_in_top": bc.fraction_in_boxes(errors, boxes),
+            "errors_in_boundary": float(np.mean([bc.fraction_in_boxes(errors, b) for b in placed])) if placed else float("nan")}
+
+
 def analyse_case(prepared, truth: np.ndarray, predictor: CasePredictor, sources, region_cfg, args, rng):
     """Per-source figures of one case, and the pooled-AUROC samples {source: (scores, errors, far)}."""
     import time
@@ -160,6 +178,9 @@ def analyse_case(prepared, truth: np.ndarray, predictor: CasePredictor, sources,
             band = np.argwhere(boundary_band(pred, 2))
             pick = rng.choice(errors.size, size=min(args.pooled_voxels, errors.size), replace=False)
             row.update(voxels=int(errors.size), error_voxels=int(errors.sum()), far_error_voxels=int(far.sum()))
+            # its own generator: the other columns' random boxes stay those of runs without the oracle
+            row["oracle"] = oracle_figures(errors, pred, band, reference, region_cfg, args.top, args.draws,
+                                           np.random.default_rng(1))
         # Regions rank by expected errors: 1 - max_c p_c for the entropy map (what the engine does),
         # the map itself for the other sources.
         wrong = error_probability(torch.from_numpy(probs_ref)).numpy() if source == "entropy" else value_ref
@@ -186,6 +207,8 @@ def summary_record(source, rows, samples, args, common, device) -> dict:
     far = np.concatenate([s[source][2] for s in samples])
     top = pooled_share(rows, source, "errors_in_top", "error_voxels")
     boundary = pooled_share(rows, source, "errors_in_boundary", "error_voxels")
+    oracle = pooled_share(rows, "oracle", "errors_in_top", "error_voxels")
+    oracle_boundary = pooled_share(rows, "oracle", "errors_in_boundary", "error_voxels")
     return bc.record(
         BENCHMARK, "sources", f"{common['run']}:{source}", device, source=source, **common,
         auroc_pooled=round(bc.auroc(scores, errors), 4),
@@ -196,6 +219,8 @@ def summary_record(source, rows, samples, args, common, device) -> dict:
         errors_in_top=top, errors_in_boundary_boxes=boundary,
         errors_in_random_boxes=pooled_share(rows, source, "errors_in_random", "error_voxels"),
         top_over_boundary=round(top / boundary, 3) if top is not None and boundary else None,
+        oracle_errors_in_top=oracle,
+        oracle_over_boundary=round(oracle / oracle_boundary, 3) if oracle is not None and oracle_boundary else None,
         far_errors_in_top=pooled_share(rows, source, "far_errors_in_top", "far_error_voxels"),
         far_errors_in_boundary_boxes=pooled_share(rows, source, "far_errors_in_boundary", "far_error_voxels"),
         max_region_extent_mm=round(max(r[source]["max_extent_mm"] for r in rows), 2),

@@ -271,3 +271,37 @@ def test_error_probability_sets_the_score(blobs, reference):
     regions = find_uncertain_regions(blobs, np.zeros(SHAPE, np.uint8), reference, error_probability=q)
     assert [r["voxels"] for r in regions] == [27, 125, 64]
     assert regions[0]["score"] == pytest.approx(13.5) and regions[0]["expected_errors"] == pytest.approx(13.5)
+
+
+def test_error_boxes_are_disjoint_boxes_ranked_by_the_errors_they_hold():
+    """placement="error_boxes": boxes of side max_extent_mm centred on uncertain voxels, taken in
+    descending expected errors of the whole box, never overlapping; the score is the box's sum
+    of q (counted here by hand from the map), the target an uncertain voxel inside the box."""
+    shape = (64, 64, 32)
+    reference = sitk.Image(list(shape), sitk.sitkFloat32)
+    reference.SetSpacing((1.0, 1.0, 2.0))
+    shell, r = _shell(shape, (32, 32, 16), 15.0)
+    u = np.where(shell, 0.7, 0.0).astype(np.float32)
+    q = np.where(shell, 0.05, 0.0).astype(np.float32)
+    q[(np.abs(r - 15.0) <= 4.0) & (np.indices(shape)[0] > 44)] = 0.6  # confused zone, mostly off the shell
+    regions, masks = find_uncertain_regions(u, (r < 15).astype(np.uint8), reference, threshold=0.5,
+                                            min_volume_mm3=0.0, max_regions=6, max_extent_mm=11.0,
+                                            error_probability=q, class_weights={}, placement="error_boxes",
+                                            return_masks=True)
+    assert len(regions) == 6
+    occupied = np.zeros(shape, np.int32)
+    for region, (lo, mask) in zip(regions, masks):
+        hi = np.array(region["bbox_voxels"]["max"])
+        box = tuple(slice(a, b + 1) for a, b in zip(lo, hi))
+        assert max(region["extent_mm"]) <= 11.0
+        assert region["score"] == pytest.approx(float(q[box].sum()), rel=1e-4)  # whole box, not just the shell
+        assert np.array_equal(mask, u[box] > 0.5)  # the region's voxels: the uncertain ones of its box
+        target = np.array(region["center_voxel"])
+        assert mask[tuple(target - lo)]
+        occupied[box] += 1
+    assert occupied.max() == 1
+    scores = [r["score"] for r in regions]
+    assert scores == sorted(scores, reverse=True)
+    assert regions[0]["center_voxel"][0] > 40  # the confused zone comes first
+    with pytest.raises(ValueError, match="placement"):
+        find_uncertain_regions(u, (r < 15).astype(np.uint8), reference, placement="grid")

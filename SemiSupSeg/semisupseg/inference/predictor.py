@@ -149,10 +149,12 @@ def uncertain_regions(uncertainty: np.ndarray, labelmap: np.ndarray, reference, 
             min_volume_mm3=region_cfg["min_volume_mm3"],
             max_regions=region_cfg["max_regions"],
             boundary_weight=region_cfg.get("boundary_weight", 0.0),
+            max_class_weight=region_cfg.get("max_class_weight", 10.0),
             max_extent_mm=region_cfg.get("max_extent_mm", 20.0),
             density_mm=region_cfg.get("density_mm", 6.0),
             error_probability=error_probability,
             return_masks=return_masks,
+            placement=region_cfg.get("placement", "shell_pieces"),
         )
         regions = found[0] if return_masks else found
         if regions:

@@ -245,6 +245,52 @@ def _places(components: np.ndarray, maps: _Maps, spacing: np.ndarray, max_extent
     return pieces
 
 
+def _voxel_weights(maps: _Maps) -> np.ndarray:
+    """w(v) of the module docstring: boundary and class weights, float32 (x, y, z)."""
+    return ((1.0 + maps.boundary_weight * maps.band) * maps.class_lookup[maps.labels]).astype(np.float32)
+
+
+def _error_boxes(mask: np.ndarray, maps: _Maps, spacing: np.ndarray, max_extent_mm: float, min_voxels: int,
+                 max_regions: int) -> list:
+    """Regions as the boxes of side ``max_extent_mm`` holding the most expected errors.
+
+    E(c) = sum of q * w over the box centred on voxel c (a box filter). Centres are uncertain
+    voxels (``mask``), taken in descending E; a centre whose box would overlap a box already
+    taken is skipped, so boxes never overlap. The region is the uncertain voxels of its box, and
+    its ``bbox_voxels`` the whole box (clipped to the image): the place the annotator reviews.
+    Sorting the uncertain voxels once (rather than an arg-max over the volume per region) keeps
+    this O(n log n) in the number of uncertain voxels.
+    """
+    side = _box_voxels(spacing, max_extent_mm)
+    half = (side - 1) // 2
+    weighted = maps.q.astype(np.float32) * _voxel_weights(maps)
+    box_mean = ndimage.uniform_filter(weighted, size=side, mode="constant")
+    centres = np.argwhere(mask)
+    order = np.argsort(-box_mean[mask], kind="stable")
+    blocked = np.zeros(mask.shape, dtype=bool)
+    pieces = []
+    for centre in centres[order]:
+        if len(pieces) >= max_regions:
+            break
+        if blocked[tuple(centre)]:
+            continue
+        start = np.maximum(centre - half, 0)
+        stop = np.minimum(centre + half + 1, mask.shape)
+        window = tuple(slice(a, b) for a, b in zip(start, stop))
+        taken = mask[window]
+        if taken.sum() < min_voxels:
+            continue
+        # a later centre within 2 * half of this one would give an overlapping box
+        reach = tuple(slice(max(c - 2 * h, 0), c + 2 * h + 1) for c, h in zip(centre, half))
+        blocked[reach] = True
+        target = start + _densest(maps.density[window], taken, maps.u[window])
+        piece = _Piece(start, taken, target)
+        piece.lo, piece.hi, piece.mask = start, stop - 1, taken  # the whole box, not just its uncertain voxels
+        piece.box_expected = (float(maps.q[window].sum()), float(weighted[window].sum()))
+        pieces.append(piece)
+    return pieces
+
+
 def error_density(q: np.ndarray, mask: np.ndarray, spacing: np.ndarray, density_mm: float) -> np.ndarray:
     """Moving average of ``q`` over the uncertain voxels in a box of about ``density_mm`` per axis.
 
@@ -270,6 +316,7 @@ def find_uncertain_regions(
     density_mm: float = 6.0,
     error_probability: np.ndarray | None = None,
     return_masks: bool = False,
+    placement: str = "shell_pieces",
 ):
     """Ranked uncertain places (see the module docstring for the method).
 
@@ -322,8 +369,16 @@ def find_uncertain_regions(
     )
     components, _count = ndimage.label(mask, structure=_FULL_CONNECTIVITY)
     min_voxels = max(1, int(math.ceil(float(min_volume_mm3) / voxel_mm3 - 1e-9)))
-    pieces = _places(components, maps, spacing, max_extent_mm, min_voxels)
+    if placement == "shell_pieces":
+        pieces = _places(components, maps, spacing, max_extent_mm, min_voxels)
+    elif placement == "error_boxes":
+        pieces = _error_boxes(mask, maps, spacing, max_extent_mm, min_voxels, int(max_regions))
+    else:
+        raise ValueError(f"unknown region placement {placement!r}")
     described = [(_describe(p, maps, reference, voxel_mm3, spacing), p) for p in pieces]
+    for region, piece in described:
+        if hasattr(piece, "box_expected"):
+            region["box_expected_errors"], region["score"] = piece.box_expected
     described.sort(key=lambda pair: pair[0]["score"], reverse=True)
     described = described[: max(0, int(max_regions))]
     regions = [{"rank": rank, **region} for rank, (region, _p) in enumerate(described, start=1)]
