@@ -142,6 +142,17 @@ def oracle_figures(errors: np.ndarray, pred: np.ndarray, band_voxels, reference,
             "errors_in_boundary": float(np.mean([bc.fraction_in_boxes(errors, b) for b in placed])) if placed else float("nan")}
 
 
+def display_tint(entropy: np.ndarray, errors: np.ndarray) -> dict:
+    """What the Slicer module tints (its per-case display threshold, SemiSupSegLib.results_loader):
+    the share of the volume and the share of the case's errors under the tint."""
+    sys.path.insert(0, str(bc.REPO / "SemiSupSeg"))
+    from SemiSupSegLib.results_loader import displayThreshold  # Qt-free: reads only numpy
+
+    tinted = entropy > displayThreshold(entropy)
+    return {"display_threshold": float(displayThreshold(entropy)), "tinted_share": float(tinted.mean()),
+            "errors_under_tint": float(errors[tinted].sum() / max(int(errors.sum()), 1))}
+
+
 def analyse_case(prepared, truth: np.ndarray, predictor: CasePredictor, sources, region_cfg, args, rng):
     """Per-source figures of one case, and the pooled-AUROC samples {source: (scores, errors, far)}."""
     import time
@@ -188,6 +199,8 @@ def analyse_case(prepared, truth: np.ndarray, predictor: CasePredictor, sources,
         figures = {"seconds": round(seconds, 2), "auroc": bc.auroc(value_ref, errors),
                    "auroc_far": bc.auroc(value_ref, far) if far.any() else float("nan"),
                    **region_figures(regions, masks, errors, far, band, args.top, args.draws, rng)}
+        if source == "entropy":
+            figures.update(display_tint(value_ref, errors))
         row[source] = figures
         samples[source] = (value_ref.ravel()[pick], errors.ravel()[pick], far.ravel()[pick])
     return row, samples
@@ -220,6 +233,9 @@ def summary_record(source, rows, samples, args, common, device) -> dict:
         errors_in_random_boxes=pooled_share(rows, source, "errors_in_random", "error_voxels"),
         top_over_boundary=round(top / boundary, 3) if top is not None and boundary else None,
         oracle_errors_in_top=oracle,
+        tinted_share=round(float(np.mean([r[source]["tinted_share"] for r in rows])), 4)
+        if all("tinted_share" in r[source] for r in rows) else None,
+        errors_under_tint=pooled_share(rows, source, "errors_under_tint", "error_voxels"),
         oracle_over_boundary=round(oracle / oracle_boundary, 3) if oracle is not None and oracle_boundary else None,
         far_errors_in_top=pooled_share(rows, source, "far_errors_in_top", "far_error_voxels"),
         far_errors_in_boundary_boxes=pooled_share(rows, source, "far_errors_in_boundary", "far_error_voxels"),
