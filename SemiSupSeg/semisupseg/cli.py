@@ -1,4 +1,4 @@
-"""``semisupseg``: train, predict, evaluate, methods, synth, demo.
+"""``semisupseg``: train, predict, evaluate, methods, devices, synth, demo.
 
 Exit codes (the worker protocol): 0 finished or cancelled, 2 bad input (one message naming the
 problem and a hint, as an ``error`` event; no traceback), 1 internal error.
@@ -29,8 +29,11 @@ def add_train_parser(sub) -> None:
                    help="train until stopped (STOP file, SIGTERM, SIGINT): iterations 0; new labels join as they come")
     p.add_argument("--init-from", metavar="RUN",
                    help="start from the final weights of RUN (a run folder or a run id of this workspace)")
-    p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--device", help="auto (CUDA GPU, else Apple GPU, else CPU), cpu, cuda, cuda:N or mps")
     p.add_argument("--seed", type=int, help="random seed")
+    p.add_argument("--time-budget", type=float, metavar="MINUTES",
+                   help="finish within MINUTES, final checkpoint and prediction included (training stops early "
+                        "enough); without --iterations it trains until the budget")
 
 
 def run_train(args) -> int:
@@ -44,7 +47,7 @@ def run_train(args) -> int:
                          "Leave out one of them.")
     iterations = 0 if args.continuous else args.iterations
     overrides = {"method": args.method, "iterations": iterations, "device": args.device, "seed": args.seed,
-                 "init_from": args.init_from}
+                 "init_from": args.init_from, "time_budget_min": args.time_budget}
     train_workspace(args.workspace, args.config, overrides, args.run_id, args.resume, args.events)
     return 0
 
@@ -55,7 +58,7 @@ def add_predict_parser(sub) -> None:
     p.add_argument("--cases", nargs="*", help="case ids (default: all cases of the workspace)")
     p.add_argument("--checkpoint", type=Path, help="checkpoint file (default: the run's last.pt)")
     p.add_argument("--mc-dropout", type=int, default=None, metavar="K", help="also write the MC-dropout mutual information (K passes)")
-    p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
 
 
 def run_predict(args) -> int:
@@ -102,6 +105,25 @@ def run_methods(args) -> int:
     return 0
 
 
+def add_devices_parser(sub) -> None:
+    p = sub.add_parser("devices", help="which device --device auto trains on, and how it is described")
+    p.add_argument("--json", action="store_true", help="machine-readable output (one JSON object)")
+
+
+def run_devices(args) -> int:
+    from .training.devices import available_devices
+
+    info = available_devices()
+    if args.json:
+        print(json.dumps(info))
+    else:
+        print(f"auto: {info['description']}")
+        for description in info["cuda"]:
+            print(f"cuda: {description}")
+        print(f"mps: {info['mps_description'] if info['mps'] else 'not available'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .demo import add_demo_parser
     from .data.synthetic_cli import add_synth_parser
@@ -117,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_predict_parser(sub)
     add_evaluate_parser(sub)
     add_methods_parser(sub)
+    add_devices_parser(sub)
     add_synth_parser(sub)
     add_demo_parser(sub)
     add_serve_parser(sub)
@@ -130,11 +153,14 @@ def dispatch(args) -> int:
     from .server.cli import run_serve
 
     handlers = {"train": run_train, "predict": run_predict, "evaluate": run_evaluate, "methods": run_methods,
-                "synth": run_synth, "demo": run_demo, "serve": run_serve}
+                "synth": run_synth, "demo": run_demo, "serve": run_serve, "devices": run_devices}
     return handlers[args.command](args)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from .training.devices import enable_mps_operator_fallback
+
+    enable_mps_operator_fallback()  # macOS: before anything imports torch (PyTorch reads it then)
     args = build_parser().parse_args(argv)
     events = args.events = EventWriter()
     try:

@@ -29,7 +29,13 @@ DEFAULTS: Dict[str, Any] = {
     # start: every network of the method, fresh optimiser, iteration 0). config.json records the
     # resolved folder. The class list, network and network options must be the source run's.
     "init_from": None,
-    "device": "auto",  # auto | cpu | cuda | cuda:N
+    "device": "auto",  # auto (cuda, else mps, else cpu) | cpu | cuda | cuda:N | mps (training/devices.py)
+    # Minutes of wall time for the whole run, its final checkpoint and prediction included
+    # (training/time_budget.py): training stops early enough for the prediction to fit. None: no
+    # budget. With a budget and no iterations the run trains until the budget (schedules as in a
+    # continuous run: constant rate, ramps over ramp_iterations); with iterations N it ends at N
+    # or at the budget, whichever comes first; a continuous run ends at the budget.
+    "time_budget_min": None,
     "seed": 1337,
     "patch_size": None,  # (x, y, z), multiples of 16 (networks.patch_rule); from the image sizes and spacing
     "batch_labelled": None,  # GPU 4, CPU 2
@@ -87,6 +93,8 @@ DEFAULTS: Dict[str, Any] = {
     "predict_cases": "all",  # all | training | held_out | none
 }
 
+# Only CUDA counts as a GPU here: an Apple GPU (mps) takes the CPU defaults (shared system memory,
+# far slower than the GPUs these were sized for; see training/devices.py).
 GPU_DEFAULTS = {"iterations": 6000, "batch_labelled": 4, "batch_unlabelled": 4, "sw_overlap": 0.5}
 CPU_DEFAULTS = {"iterations": 300, "batch_labelled": 2, "batch_unlabelled": 2, "sw_overlap": 0.25}
 
@@ -156,19 +164,11 @@ def apply_overrides(config: dict, **overrides: Any) -> dict:
 
 
 def resolve_device(name: str):
-    """``auto`` -> cuda when available; a CUDA request on a machine without one is an input error."""
-    import torch
+    """``auto`` -> cuda, else mps (Apple GPU), else cpu; see ``training/devices.py`` (kept here
+    for the modules that import it from the configuration)."""
+    from .training.devices import resolve_device as resolve
 
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(
-            "device 'cuda' was requested but PyTorch sees no CUDA GPU.",
-            "Use --device cpu, or install a CUDA build of PyTorch that matches your driver.",
-        )
-    if name != "cpu" and not name.startswith("cuda"):
-        raise InputError(f"Unknown device '{name}'.", "Use auto, cpu, cuda or cuda:N.")
-    return torch.device(name)
+    return resolve(name)
 
 
 def resolve_config(config: dict, device, image_shapes: Sequence, spacings: Sequence) -> dict:
@@ -178,6 +178,7 @@ def resolve_config(config: dict, device, image_shapes: Sequence, spacings: Seque
 
     out = copy.deepcopy(config)
     on_gpu = device.type == "cuda"
+    resolve_time_budget(out)
     for key, value in (GPU_DEFAULTS if on_gpu else CPU_DEFAULTS).items():
         if out.get(key) is None:
             out[key] = value
@@ -225,6 +226,26 @@ def resolve_schedule_length(config: dict, on_gpu: bool) -> None:
     if _whole_number(ramp) is None or _whole_number(ramp) < 1:
         raise InputError(f"ramp_iterations must be a whole number >= 1 (got {ramp!r}).", "Use e.g. 300, or null.")
     config["ramp_iterations"] = _whole_number(ramp)
+
+
+def resolve_time_budget(config: dict) -> None:
+    """Check ``time_budget_min`` (None or minutes > 0); a budget without iterations trains until
+    the budget (iterations 0, as a continuous run), in place."""
+    budget = config.get("time_budget_min")
+    if budget is None:
+        return
+    try:
+        minutes = float(budget)
+    except (TypeError, ValueError):
+        minutes = float("nan")
+    if isinstance(budget, bool) or not minutes > 0 or minutes == float("inf"):
+        raise InputError(
+            f"time_budget_min must be a number of minutes > 0 (got {budget!r}).",
+            "Use e.g. --time-budget 20 to train, checkpoint and predict within 20 minutes; leave it out for no budget.",
+        )
+    config["time_budget_min"] = minutes
+    if config.get("iterations") is None:
+        config["iterations"] = 0
 
 
 def _whole_number(value: Any) -> Optional[int]:

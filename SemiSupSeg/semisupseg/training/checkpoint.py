@@ -9,6 +9,7 @@ from typing import Optional
 import torch
 
 from ..errors import InputError
+from .devices import mps_available
 
 FORMAT = 1
 
@@ -46,6 +47,8 @@ def save_checkpoint(
         state["rng"]["sampler"] = sampler_rng
     if torch.cuda.is_available():
         state["rng"]["cuda"] = torch.cuda.get_rng_state_all()
+    if mps_available():  # dropout on an Apple GPU draws from the MPS generator
+        state["rng"]["mps"] = torch.mps.get_rng_state()
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     torch.save(state, tmp)
     os.replace(tmp, path)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Iterable
 
 from .. import __version__
+from .devices import device_description
 
 
 def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
@@ -54,14 +55,6 @@ def library_versions() -> dict:
         "numpy": numpy.__version__,
         "platform": platform.platform(),
     }
-
-
-def device_description(device) -> str:
-    import torch
-
-    if device.type == "cuda":
-        return f"{device} {torch.cuda.get_device_name(device)}"
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def build_manifest(device, input_files: Iterable[Path], argv=None) -> dict:

@@ -11,6 +11,10 @@ The live annotation loop: a run with ``iterations`` 0 (``--continuous``) trains 
 every ``reload_every`` iterations the workspace is looked at again (new cases, changed label
 files: ``workspace_watch``); a ``PREDICT`` file in the run folder asks for predictions of some
 cases at the next iteration boundary; ``init_from`` starts from an earlier run's weights.
+
+A time budget (``time_budget_min``) ends training early enough for the final checkpoint and
+prediction to fit in it (``time_budget``); the device is chosen and described in ``devices``
+(CUDA, Apple GPU through MPS, CPU), which also says what falls back when MPS lacks something.
 """
 
 from __future__ import annotations
@@ -41,8 +45,10 @@ from .case_split import CaseSplit, split_cases
 from .checkpoint import load_checkpoint, save_checkpoint
 from .compilation import compile_network
 from .distributed import Distributed, NullEvents
-from .manifest import build_manifest, device_description
+from .devices import autocast_choice, device_description, empty_cache, is_mps_failure, mps_available, optimizer_to
+from .manifest import build_manifest
 from .schedules import learning_rate
+from .time_budget import TimeBudget, must_stop, prediction_from_training
 from .warm_start import class_names, warm_start
 from .workspace_watch import HELD_OUT, LABELLED, UNLABELLED, ContentDigests, WorkspaceChange, case_states, compare_states, file_stamp
 
@@ -101,7 +107,12 @@ def set_seed(seed: int) -> None:
 class Trainer:
     """Holds the state of one run: data, method, optimiser, schedule position, output folder."""
 
+    # Every duration the trainer measures (progress rates, train_seconds, the time budget) comes
+    # from this clock; tests replace it with a fake one to check the budget's stopping rule.
+    clock = staticmethod(time.perf_counter)
+
     def __init__(self, workspace: Path, config: dict, run_dir: Path, events: EventWriter, resume: bool):
+        self.budget_started = self.clock()  # the budget counts setup too: the user waits for it
         self.workspace = workspace
         self.run_dir = run_dir
         self.events = events
@@ -118,7 +129,9 @@ class Trainer:
         shapes = [p.image.shape for p in self.prepared.values()]
         spacings = [p.spacing for p in self.prepared.values()]
         self.config = resolve_config(config, self.device, shapes, spacings)
-        self.total = int(self.config["iterations"])  # 0: continuous (until stopped)
+        self.total = int(self.config["iterations"])  # 0: continuous (until stopped or the budget)
+        self.budget = TimeBudget.from_config(self.config)  # None: no time budget
+        self.fell_back_to_cpu = False
         self.method = self._build_method()
         # A warm-started teacher continues its average: the EMA sees iterations counted from the
         # source run's start, so its decay is at its cap at once instead of restarting at 0
@@ -139,7 +152,7 @@ class Trainer:
         # Training wall time of earlier parts of a resumed run (from the checkpoint) and the
         # start of this part; together they give the run's total in checkpoints and "finished".
         self.resumed_seconds = 0.0
-        self.part_started = time.perf_counter()
+        self.part_started = self.clock()
         self.skipped_steps = 0
         self.cancel = CancelFlag(run_dir / "STOP")
         self.digests = ContentDigests()
@@ -219,10 +232,12 @@ class Trainer:
 
     @property
     def autocast_dtype(self) -> Optional[torch.dtype]:
-        amp = self.config["amp"]
-        if amp == "off" or (amp == "auto" and self.device.type != "cuda"):
-            return None
-        return torch.bfloat16
+        """bf16 on CUDA (amp auto or bf16), None (fp32) elsewhere unless asked; see devices.autocast_choice."""
+        choice = autocast_choice(self.device, self.config["amp"])
+        if choice.notice and not getattr(self, "_autocast_notice_given", False):
+            self._autocast_notice_given = True  # once per run, not once per step
+            self.events.emit("notice", message=choice.notice)
+        return choice.dtype
 
     # ---- checkpoints ---------------------------------------------------------------------
     def save(self) -> Path:
@@ -230,16 +245,20 @@ class Trainer:
         rank_rng = self.dist.gather_rng(self.sampler, self.method)  # a collective: every rank comes here
         if not self.dist.is_main:
             return path
+        started = self.clock()
+        budget = {"budget": self.budget.state(self.budget_elapsed())} if self.budget else {}
         save_checkpoint(
             path,
             iteration=self.iteration,
             method=self.method,
             optimizer=self.optimizer,
             sampler_rng=self.sampler.generator.get_state() if hasattr(self.sampler, "generator") else None,
-            train_seconds=self.resumed_seconds + time.perf_counter() - self.part_started,
+            train_seconds=self.resumed_seconds + self.clock() - self.part_started,
             extra={"classes": class_names(self.spec.labels), "ema_offset": self.ema_offset,
-                   **({"rank_rng": rank_rng} if rank_rng else {})},
+                   **({"rank_rng": rank_rng} if rank_rng else {}), **budget},
         )
+        if self.budget:
+            self.budget.record_save(self.clock() - started)
         self.events.emit("checkpoint", path=str(path), iteration=self.iteration)
         return path
 
@@ -255,11 +274,16 @@ class Trainer:
         self.iteration = int(state["iteration"])
         self.resumed_seconds = float(state.get("train_seconds", 0.0))  # absent in older checkpoints
         self.ema_offset = int(state.get("ema_offset", 0))
+        if self.budget:  # a budget given only now (--resume --time-budget) counts the run's time so far
+            self.budget.spent_before_s = self.resumed_seconds
+            self.budget.restore(state.get("budget"))
         torch.set_rng_state(state["rng"]["torch"])
         if "sampler" in state["rng"] and hasattr(self.sampler, "generator"):
             self.sampler.generator.set_state(state["rng"]["sampler"])
         if "cuda" in state["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        if "mps" in state["rng"] and mps_available():
+            torch.mps.set_rng_state(state["rng"]["mps"])
         self.dist.restore_rng(state, self.sampler, int(self.config["seed"]), self.iteration)
         log(f"resumed {self.run_dir.name} at iteration {self.iteration} of {self.total or 'a continuous run'}")
 
@@ -294,27 +318,38 @@ class Trainer:
         return {"loss": out.loss.detach(), **out.parts}
 
     def run(self) -> str:
-        """Train until the planned iteration count (never, when continuous) or a cancel request;
-        returns the final state."""
+        """Train until the planned iteration count (never, when continuous), the time budget, or a
+        cancel request; returns the final state."""
         cfg = self.config
         self.cancel.install()
-        started = self.part_started = time.perf_counter()
+        started = self.part_started = self.clock()
         start_iteration = self.iteration
         window_start, window_iteration = started, self.iteration
+        stopped_by = "iterations"
         try:
             while self.continuous or self.iteration < self.total:
                 if self.dist.any(self.cancel.is_set()):  # every rank stops after the same iteration
                     self.save()
                     return "cancelled"
                 self.serve_predict_request()
+                # After a request, so its prediction counts; rank 0 (which predicts and times the
+                # predictions) decides for every rank (a collective only in runs with a budget).
+                if self.budget and self.dist.any(self.dist.is_main and self.budget_reached()):
+                    stopped_by = "time_budget"
+                    break
                 try:
-                    parts = self.step()
-                except torch.cuda.OutOfMemoryError:
+                    parts = self.timed_step()
+                except torch.cuda.OutOfMemoryError:  # CUDA's and MPS's (torch.OutOfMemoryError)
                     self.shrink_after_out_of_memory()
+                    continue
+                except (RuntimeError, NotImplementedError) as err:
+                    if self.fell_back_to_cpu or not is_mps_failure(self.device, err):
+                        raise
+                    self.fall_back_to_cpu(err)  # the failed step did not count; it runs again
                     continue
                 it = self.iteration
                 if parts is not None and (it % cfg["log_every"] == 0 or it == self.total or it == start_iteration + 1):
-                    now = time.perf_counter()
+                    now = self.clock()
                     rate = (it - window_iteration) / max(now - window_start, 1e-9)
                     window_start, window_iteration = now, it
                     self.events.emit(
@@ -324,7 +359,7 @@ class Trainer:
                         losses=self.dist.mean_parts(parts),
                         lr=self.optimizer.param_groups[0]["lr"],
                         it_per_s=round(rate, 4),
-                        eta_s=None if self.continuous else round((self.total - it) / max(rate, 1e-9), 1),
+                        **self._time_left(it, rate),
                     )
                 if cfg["checkpoint_every"] and it % cfg["checkpoint_every"] == 0 and (self.continuous or it < self.total):
                     self.save()
@@ -335,7 +370,9 @@ class Trainer:
             self.save()
             if cfg["predict_cases"] != "none":
                 self.predict(round_name="final")
-            elapsed = time.perf_counter() - started
+            elapsed = self.clock() - started
+            budget = {"time_budget_s": self.budget.budget_s, "budget_used_s": round(self.budget_elapsed(), 2)} \
+                if self.budget else {}
             self.events.emit(
                 "finished",
                 iterations=self.iteration,
@@ -343,10 +380,105 @@ class Trainer:
                 total_seconds=round(self.resumed_seconds + elapsed, 2),
                 resumed_at=start_iteration if start_iteration else None,
                 skipped_steps=self.skipped_steps,
+                stopped_by=stopped_by,
+                **budget,
             )
             return "finished"
         finally:
             self.cancel.uninstall()
+
+    def _time_left(self, it: int, rate: float) -> dict:
+        """``eta_s`` (None for a run without an end or budget) and, with a budget, ``budget_left_s``."""
+        eta = None if self.continuous else round((self.total - it) / max(rate, 1e-9), 1)
+        if not self.budget:
+            return {"eta_s": eta}
+        left = round(self.budget.left_s(self.budget_elapsed()), 1)
+        return {"eta_s": left if eta is None else min(eta, left), "budget_left_s": left}
+
+    def timed_step(self) -> Optional[dict]:
+        """``step()``, its duration recorded for the time budget's estimate of the next one."""
+        started = self.clock()
+        parts = self.step()
+        if self.budget:
+            self.budget.record_step(self.clock() - started)
+        return parts
+
+    # ---- the time budget (time_budget.py) -------------------------------------------------------
+    def budget_elapsed(self) -> float:
+        """Seconds of the budget spent: earlier parts (checkpoint) + this part since the worker started."""
+        return self.budget.spent_before_s + self.clock() - self.budget_started
+
+    def budget_reached(self) -> bool:
+        """Whether the next step would leave too little of the budget to checkpoint and predict;
+        emits ``budget_reached`` with the estimates when it does. A run with no iteration yet always
+        trains one (there would be nothing to predict with)."""
+        if not self.budget or self.iteration == 0:
+            return False
+        elapsed = self.budget_elapsed()
+        next_step = self.budget.next_step_s + self._periodic_work_s(self.iteration + 1)
+        prediction, how = self._prediction_s(self.cases_to_predict() if self.config["predict_cases"] != "none" else [])
+        finish = self.budget.final_save_s + prediction
+        if not must_stop(self.budget.budget_s, elapsed, next_step, finish):
+            return False
+        minutes = self.budget.budget_s / 60
+        self.events.emit(
+            "budget_reached",
+            message=f"time budget of {minutes:g} min reached: training stops at iteration {self.iteration} "
+                    "to checkpoint and predict within it",
+            iteration=self.iteration,
+            budget_s=round(self.budget.budget_s, 2),
+            elapsed_s=round(elapsed, 2),
+            next_step_s=round(next_step, 2),
+            checkpoint_s=round(self.budget.final_save_s, 2),
+            prediction_s=round(prediction, 2),
+            prediction_estimate=how,
+            expected_end_s=round(elapsed + finish, 2),
+        )
+        return True
+
+    def _periodic_work_s(self, it: int) -> float:
+        """Estimated seconds of the checkpoint and prediction round that iteration ``it`` brings."""
+        cfg, seconds = self.config, 0.0
+        if cfg["checkpoint_every"] and it % cfg["checkpoint_every"] == 0:
+            seconds += self.budget.final_save_s
+        if self._prediction_due(it):
+            seconds += self._prediction_s(self.cases_to_predict())[0]
+        return seconds
+
+    def _prediction_s(self, case_ids: List[str]) -> tuple:
+        """(seconds, how estimated) to predict ``case_ids`` (time_budget.TimeBudget.prediction_s)."""
+        cases = [self.prepared[c] for c in case_ids if c in self.prepared]
+        cfg = self.config
+        passes = len(self.method.inference_networks()) * (1 + int(cfg["mc_dropout"]))
+        from_training = prediction_from_training(
+            [case.image.shape for case in cases],
+            sum(int(case.reference.GetNumberOfPixels()) for case in cases),
+            cfg["patch_size"], float(cfg["sw_overlap"]), self.budget.next_step_s,
+            int(cfg["batch_labelled"]) + int(cfg["batch_unlabelled"]), passes,
+        )
+        return self.budget.prediction_s(sum(int(case.image.size) for case in cases), from_training)
+
+    # ---- what an Apple GPU lacks (devices.py) ---------------------------------------------------
+    def fall_back_to_cpu(self, error: BaseException) -> None:
+        """Move the run to the CPU after MPS refused an operation: method, optimiser state and
+        sampler (its random stream continues); config.json records the CPU; a ``notice`` says why."""
+        cpu = torch.device("cpu")
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+        self.events.emit("notice", message=f"the Apple GPU (MPS) cannot run this run ({reason}); "
+                         "training goes on on the CPU (slower)", device=device_description(cpu))
+        self.device = cpu
+        self.method = self.method.to(cpu)
+        if self.channels_last:
+            self.method = self.method.to(memory_format=torch.channels_last_3d)
+        optimizer_to(self.optimizer, cpu)
+        stream = self.sampler.generator.get_state() if hasattr(self.sampler, "generator") else None
+        self.sampler = self._build_sampler()
+        if stream is not None:
+            self.sampler.generator.set_state(stream)
+        self.config["device"] = str(cpu)
+        self.fell_back_to_cpu = True
+        if self.dist.is_main:
+            save_json_atomic(self.config, self.run_dir / "config.json")
 
     def shrink_after_out_of_memory(self) -> None:
         """Retry smaller instead of failing: unlabelled batch, then labelled batch, then patch.
@@ -355,8 +487,7 @@ class Trainer:
         schedule is unchanged. The new sizes are written to config.json so a resume uses them.
         """
         self.optimizer.zero_grad(set_to_none=True)
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
+        empty_cache(self.device)
         cfg = self.config
         if cfg["batch_unlabelled"] > 1:
             cfg["batch_unlabelled"] //= 2
@@ -566,15 +697,31 @@ class Trainer:
         A round of some cases only (a ``PREDICT`` request) keeps the other cases' regions in
         ``regions.json``: the annotator's "next uncertain region" still covers every case.
         """
-        from ..inference.predictor import predict_cases
-
         if not self.dist.is_main:  # rank 0 predicts for the run
             return
         some_only = case_ids is not None
         previous = read_regions(self.run_dir) if some_only else None
+        cases = [self.prepared[i] for i in (case_ids if some_only else self.cases_to_predict())]
+        started = self.clock()
+        try:
+            self._predict_cases(cases, round_name)
+        except (RuntimeError, NotImplementedError) as err:
+            if self.fell_back_to_cpu or not is_mps_failure(self.device, err):
+                raise
+            self.fall_back_to_cpu(err)
+            started = self.clock()
+            self._predict_cases(cases, round_name)
+        if self.budget:  # every round timed: the final round's estimate comes from them
+            self.budget.record_prediction(self.clock() - started, sum(int(case.image.size) for case in cases))
+        if previous is not None:
+            keep_other_cases_regions(self.run_dir, previous, known=set(self.prepared))
+
+    def _predict_cases(self, cases: list, round_name: str) -> None:
+        from ..inference.predictor import predict_cases
+
         predict_cases(
             networks=self.method.inference_networks(),
-            cases=[self.prepared[i] for i in (case_ids if some_only else self.cases_to_predict())],
+            cases=cases,
             run_dir=self.run_dir,
             config=self.config,
             num_classes=self.num_classes,
@@ -583,8 +730,6 @@ class Trainer:
             round_name=round_name,
             iteration=self.iteration,
         )
-        if previous is not None:
-            keep_other_cases_regions(self.run_dir, previous, known=set(self.prepared))
 
 
 def read_regions(run_dir: Path) -> Optional[dict]:
@@ -641,6 +786,8 @@ def train_workspace(
             config["iterations"] = overrides["iterations"]
         if "device" in overrides:
             config["device"] = overrides["device"]
+        if "time_budget_min" in overrides:  # a new budget for the whole run (its time so far counts)
+            config["time_budget_min"] = overrides["time_budget_min"]
     else:
         config = apply_overrides(load_config(config_path), **overrides)
         run_dir = workspace / "runs" / (run_id or new_run_id(config["method"]))
@@ -667,6 +814,7 @@ def train_workspace(
         method=trainer.config["method"],
         iterations=trainer.total or None,
         continuous=trainer.continuous,
+        time_budget_min=trainer.config.get("time_budget_min"),
         init_from=trainer.config.get("init_from"),
         start_iteration=trainer.iteration,
         labelled=len(trainer.split.labelled),
