@@ -168,7 +168,7 @@ def test_defaults_lie_within_their_ranges(module_tree):
 
 
 def test_method_combobox_starts_with_the_default_list(ui_widgets, module_tree):
-    constants = module_constants(module_tree)
+    constants = module_constants(ast.parse((LIB_DIR / "presenter.py").read_text(encoding="utf-8")))  # the presenter's list
     assert combo_items(ui_widgets["methodComboBox"]) == list(constants["DEFAULT_METHODS"])
     assert parameter_fields(module_tree)["method"]["default"] in constants["DEFAULT_METHODS"]
 
@@ -237,10 +237,16 @@ def test_imports_from_the_logic_package_exist(module_tree):
                 assert alias.name in exported | submodules, f"SemiSupSegLib has no {alias.name}"
 
 
+def gui_layer_trees(module_tree) -> list:
+    """SemiSupSeg.py and the Qt-free parts it delegates to: the presenter and the in-Slicer checks."""
+    return [module_tree] + [ast.parse((LIB_DIR / name).read_text(encoding="utf-8"))
+                            for name in ("presenter.py", "in_slicer_checks.py") if (LIB_DIR / name).exists()]
+
+
 @requires_lib
 def test_logic_methods_called_by_the_gui_exist(module_tree):
     members = _class_members(LIB_DIR / "logic.py", "SemiSupSegLogic")
-    called = _attributes_used_on(module_tree, {"self.logic", "logic"})
+    called = set().union(*(_attributes_used_on(tree, {"self.logic", "logic"}) for tree in gui_layer_trees(module_tree)))
     missing = sorted(called - members)
     assert not missing, f"SemiSupSeg.py calls SemiSupSegLogic.{missing}, which the logic lacks"
     assert {"writeWorkspace", "startTraining", "loadResults", "regions", "jumpToRegion", "caseScores",
@@ -250,7 +256,7 @@ def test_logic_methods_called_by_the_gui_exist(module_tree):
 @requires_lib
 def test_training_job_attributes_used_by_the_gui_exist(module_tree):
     members = _class_members(LIB_DIR / "training_job.py", "TrainingJob")
-    used = _attributes_used_on(module_tree, {"job", "self._job"})
+    used = set().union(*(_attributes_used_on(tree, {"job", "self._job", "self.job"}) for tree in gui_layer_trees(module_tree)))
     missing = sorted(used - members)
     assert not missing, f"SemiSupSeg.py uses TrainingJob.{missing}, which TrainingJob lacks"
 
@@ -258,7 +264,7 @@ def test_training_job_attributes_used_by_the_gui_exist(module_tree):
 @requires_lib
 def test_case_node_helpers_used_by_the_gui_exist(module_tree):
     defined = _defined_names(LIB_DIR / "case_nodes.py")
-    used = _attributes_used_on(module_tree, {"case_nodes"})
+    used = set().union(*(_attributes_used_on(tree, {"case_nodes"}) for tree in gui_layer_trees(module_tree)))
     missing = sorted(used - defined)
     assert not missing, f"SemiSupSeg.py uses case_nodes.{missing}, which SemiSupSegLib/case_nodes.py lacks"
 
@@ -297,7 +303,24 @@ def _stub_modules() -> dict[str, types.ModuleType]:
         "SemiSupSegLib": module("SemiSupSegLib", SemiSupSegLogic=base("SemiSupSegLogic"), TrainingJob=base("TrainingJob"),
                                 case_nodes=module("case_nodes")),
         "SemiSupSegLib.panel": _load_file("SemiSupSegLib.panel", LIB_DIR / "panel.py"),  # imports nothing of Slicer
+        "SemiSupSegLib.presenter": module("SemiSupSegLib.presenter", TRAINING="training", PanelProblem=type("PanelProblem", (Exception,), {}),
+                                          SemiSupSegPresenter=base("SemiSupSegPresenter")),
+        "SemiSupSegLib.in_slicer_checks": module("SemiSupSegLib.in_slicer_checks", AnnotationLoopChecks=base("AnnotationLoopChecks")),
     }
+
+
+def _panel_text() -> types.ModuleType:
+    """SemiSupSegLib/panel_text.py, loaded as part of a stand-in package (it imports .panel and slicer.i18n)."""
+    package = types.ModuleType("SemiSupSegLib")
+    package.__path__ = [str(LIB_DIR)]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(sys.modules, "SemiSupSegLib", package)
+        patch.setitem(sys.modules, "slicer.i18n", types.ModuleType("slicer.i18n"))  # no tr: the English fallback
+        spec = importlib.util.spec_from_file_location("SemiSupSegLib.panel_text", LIB_DIR / "panel_text.py")
+        loaded = importlib.util.module_from_spec(spec)
+        patch.setitem(sys.modules, spec.name, loaded)  # dataclasses look their module up while it runs
+        spec.loader.exec_module(loaded)
+    return loaded
 
 
 def _load_file(name: str, path: Path) -> types.ModuleType:
@@ -312,6 +335,7 @@ def gui():
     with pytest.MonkeyPatch.context() as patch:
         for name, stub in _stub_modules().items():
             patch.setitem(sys.modules, name, stub)
+        patch.setitem(sys.modules, "SemiSupSegLib.panel_text", _panel_text())
         spec = importlib.util.spec_from_file_location("SemiSupSeg_under_test", MODULE_FILE)
         gui_module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(gui_module)
@@ -442,7 +466,8 @@ def registered_engine_methods() -> set[str]:
 def test_default_methods_are_the_engines(gui):
     if not (MODULE_DIR / "semisupseg" / "methods" / "__init__.py").exists():
         pytest.skip("the engine's method registry is not written yet")
-    assert set(gui.DEFAULT_METHODS) == registered_engine_methods()
+    constants = module_constants(ast.parse((LIB_DIR / "presenter.py").read_text(encoding="utf-8")))
+    assert set(constants["DEFAULT_METHODS"]) == registered_engine_methods()
 
 
 def test_method_entries(gui):
