@@ -440,12 +440,20 @@ def choose_cases(source: Source, args, seed: int) -> tuple:
 def run_seed(source: Source, args, seed: int, make_config, device: str) -> List[dict]:
     """Start model, then every strategy's rounds; returns the per-round rows (also emitted)."""
     base = bc.BENCH_DIR / BENCHMARK / f"{source.name}-s{seed}"
+    done = finished_rows(base, args)
+    if done is not None:  # this seed ran to the end with these settings: its records again, nothing retrained
+        bc.log(f"seed {seed}: finished earlier ({base / 'rows.json'}); its {len(done)} records are reused")
+        for rec in done:
+            bc.emit(rec)
+        return done
+    for strategy in STRATEGIES:  # a seed killed half-way: its labels are of some later round, start again
+        shutil.rmtree(base / strategy, ignore_errors=True)
     candidates, held_out = choose_cases(source, args, seed)
     classes = [int(k) for k in source.labels if int(k) > 0]
     predicted = candidates + held_out
     started = time.perf_counter()
     start_ws = make_workspace(base / "start", source, candidates, held_out)
-    start_run = train(start_ws, make_config(args, args.start_iterations, seed), "start", None)
+    start_run = train(start_ws, make_config(args, args.start_iterations, seed), f"start-it{args.start_iterations}", None)
     regions_doc = predict(start_run, predicted)
     start_seconds = time.perf_counter() - started
     start_dice = held_out_dice(start_run, start_ws, held_out, classes)
@@ -475,7 +483,21 @@ def run_seed(source: Source, args, seed: int, make_config, device: str) -> List[
                       "s_per_prediction": round(float(np.median(prediction_seconds(run_dir) or [np.nan])), 2)}
             rows.append(emit_round(source, args, seed, strategy, round_index, review, totals, dice, timing, device))
             previous = run_dir
+    write_json_atomic(base / "rows.json", {"settings": seed_settings(args), "rows": rows})
     return rows
+
+
+def seed_settings(args) -> dict:
+    """What makes a finished seed's rows valid for this invocation."""
+    return {**settings_figures(args), "strategies": list(args.strategies), "rounds": args.rounds, "threads": None}
+
+
+def finished_rows(base: Path, args) -> Optional[List[dict]]:
+    path = base / "rows.json"
+    if not path.exists():
+        return None
+    saved = json.loads(path.read_text())
+    return saved["rows"] if saved.get("settings") == seed_settings(args) else None
 
 
 def emit_round(source, args, seed, strategy, round_index, review: Review, totals, dice, timing, device) -> dict:

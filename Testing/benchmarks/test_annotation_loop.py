@@ -72,8 +72,13 @@ def test_costs_are_cumulative_and_increasing(smoke):
             assert rows[-1]["cum_edited_voxels"] > 0  # the smoke model is poor: the annotator must edit
 
 
+def start_run(seed_dir: Path) -> Path:
+    (run,) = (seed_dir / "start" / "runs").glob("start-it*")
+    return run
+
+
 def previous_prediction(seed_dir: Path, strategy: str, round_index: int, case: str) -> Path:
-    run = seed_dir / "start" / "runs" / "start" if round_index == 1 else \
+    run = start_run(seed_dir) if round_index == 1 else \
         seed_dir / strategy / "runs" / f"round{round_index - 1}"
     return run / "predictions" / f"{case}.nii.gz"
 
@@ -134,13 +139,26 @@ def test_paired_comparison_and_target_records(smoke):
     assert (smoke.dir / "smoke-dice_vs_edited.png").stat().st_size > 1000
 
 
+def test_a_finished_seed_is_reused_not_rerun(smoke):
+    """Running again with a finished seed re-emits its rows and trains nothing (the labels are of its last round)."""
+    runs = sorted(p.stat().st_mtime_ns for p in smoke.dir.glob("smoke-s1/*/runs/*/checkpoints/last.pt"))
+    env = dict(os.environ, SEMISUPSEG_BENCH_DIR=str(smoke.dir.parent), OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, str(HERE / "bench_annotation_loop.py"), "--smoke", "--seeds", "1"], env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    again = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    first = [r for r in smoke.records if r["table"] == "smoke_rounds" and r["seed"] == 1]
+    assert [r for r in again if r["table"] == "smoke_rounds"] == first
+    assert sorted(p.stat().st_mtime_ns for p in smoke.dir.glob("smoke-s1/*/runs/*/checkpoints/last.pt")) == runs
+
+
 def annotate_once(smoke, tmp_path: Path, strategy: str, seed: int, name: str) -> dict:
     """Round 1 of ``strategy`` from seed 1's start model into a fresh workspace; the label arrays written."""
     args = SimpleNamespace(candidates=4, held_out=2, cases_per_round=1, budget_fraction=0.02, max_boxes=50)
     source = bal.synthetic_source(smoke.dir / "smoke-data")
     candidates, held_out = bal.choose_cases(source, args, SEEDS[0])
     ws = bal.make_workspace(tmp_path / name, source, candidates, held_out)
-    start = smoke.dir / f"smoke-s{SEEDS[0]}" / "start" / "runs" / "start"
+    start = start_run(smoke.dir / f"smoke-s{SEEDS[0]}")
     doc = json.loads((start / "regions.json").read_text())
     review = bal.annotate(strategy, ws, start, doc, candidates, args, bal.strategy_rng(seed, strategy, 1),
                           tmp_path / name / "history")
