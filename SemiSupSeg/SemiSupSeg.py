@@ -215,8 +215,9 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             ("loadNewerPrediction", presenter.loadNewerPrediction), ("acceptPrediction", presenter.acceptPrediction),
             ("loadResults", presenter.loadResults), ("export", self.onExport),
         ):
-            # the lambda takes clicked(bool)'s argument, so PythonQt never passes it on to the handler
-            getattr(self.ui, button + "Button").connect("clicked(bool)", lambda checked=False, handler=handler: self._call(handler))
+            # the lambda takes clicked(bool)'s argument; no wait cursor over the dialogs of Train and Add folder
+            busy = handler not in (self.onTrainButton, self.onAddFolder)
+            getattr(self.ui, button + "Button").connect("clicked(bool)", lambda checked=False, h=handler, b=busy: self._call(h, busy=b))
         self.ui.methodComboBox.connect("currentIndexChanged(int)", self.onMethodChanged)
         self.ui.errorFrame.hide()
         self.ui.trainingProgressBar.hide()
@@ -286,10 +287,10 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.presenter.followDisplaySettings()
             self._render()
 
-    def _call(self, action, *args) -> None:
+    def _call(self, action, *args, busy: bool = True) -> None:
         """Run a presenter action: a PanelProblem is a warning (the user can fix it), anything else an error."""
         try:
-            with slicer.util.WaitCursor():
+            with slicer.util.WaitCursor(busy):
                 action(*args)
         except PanelProblem as problem:
             slicer.util.warningDisplay(str(problem), windowTitle=problem.title or _("SemiSupSeg"))
