@@ -1,25 +1,36 @@
 """``semisupseg demo``: the whole loop in one command, on synthetic data or on LA2018.
 
 1. data: the project's synthetic generator (deterministic) or a given dataset folder;
-2. DyCON training on the CPU for a few minutes (CPU-scale settings below);
+2. DyCON training on the CPU within a time budget (CPU-scale settings below; the budget counts
+   the prediction too, so the command ends within a few minutes whatever the machine);
 3. label maps and entropy maps for every case, regions.json;
 4. evaluation against the ground truth the user never gave the model (held-out cases);
 5. an overview PNG (image, prediction outline, entropy heat map), whose path is printed.
+
+Ctrl-C stops the training after the current iteration with a checkpoint; the demo then says so
+and exits with 130, and the next ``semisupseg demo`` (``make demo``) resumes that run instead of
+starting over. A finished demo run is replaced by a fresh one.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
+from typing import Optional
 
 from .config import save_json_atomic
 from .events import log
 
 # CPU-scale settings: a narrower U-Net (widths 8-128) and small patches so that a few hundred
 # iterations fit in minutes on a 2-core machine. The full-width network is the GPU default.
+# DEMO_MINUTES bounds the whole run, its final prediction included (training/time_budget.py), so
+# `make demo` ends within 5 minutes once the venv exists; `iterations` caps it on a fast machine.
+DEMO_MINUTES = 4.0
 SYNTHETIC_CONFIG = {
     "method": "dycon",
     "iterations": 200,
+    "time_budget_min": DEMO_MINUTES,
     "network_options": {"widths": [8, 16, 32, 64, 128]},
     "patch_size": [64, 64, 32],
     "batch_labelled": 2,
@@ -42,7 +53,9 @@ def add_demo_parser(sub) -> None:
     p = sub.add_parser("demo", help="synthetic (or given) data -> DyCON training -> maps -> overview PNG")
     p.add_argument("--data", type=Path, help="dataset folder (default: generate synthetic data)")
     p.add_argument("--out", type=Path, default=Path("demo_output"), help="output folder (default: demo_output)")
-    p.add_argument("--iterations", type=int, help="training iterations (default 200)")
+    p.add_argument("--iterations", type=int, help="at most this many training iterations (default 200)")
+    p.add_argument("--minutes", type=float,
+                   help=f"time budget of the run, prediction included (default {DEMO_MINUTES:g}; 0: none)")
     p.add_argument("--method", default="dycon", help="training method (default dycon)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
 
@@ -55,8 +68,9 @@ def run_demo(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if args.data is None:
         workspace = out / "workspace"
-        log(f"generating synthetic data in {workspace}")
-        generate_synthetic_workspace(workspace, n_labelled=4, n_unlabelled=8, n_test=4, seed=0)
+        if not (workspace / "dataset.json").is_file():  # deterministic: an earlier demo's data is the same
+            log(f"generating synthetic data in {workspace}")
+            generate_synthetic_workspace(workspace, n_labelled=4, n_unlabelled=8, n_test=4, seed=0)
         truth_dir = workspace / "truth"
         config = dict(SYNTHETIC_CONFIG)
     else:
@@ -67,19 +81,47 @@ def run_demo(args) -> int:
     config["device"] = args.device
     if args.iterations:
         config["iterations"] = args.iterations
+    if args.minutes is not None:
+        config["time_budget_min"] = args.minutes or None
     config_path = out / "demo_config.json"
     save_json_atomic(config, config_path)
     run_id = f"demo-{config['method']}"
     run_dir = workspace / "runs" / run_id
-    if (run_dir / "checkpoints" / "last.pt").exists():
-        import shutil
-
-        shutil.rmtree(run_dir)  # the demo's own run folder: start it afresh each time
-    train_workspace(workspace, config_path, {}, run_id, False, args.events)
+    cancelled_at = cancelled_iteration(run_dir)
+    if cancelled_at is not None:
+        log(f"resuming the demo run cancelled at iteration {cancelled_at} ({run_dir})")
+    elif run_dir.exists():
+        shutil.rmtree(run_dir)  # the demo's own run folder, finished or never checkpointed: start afresh
+    # A resumed run keeps its own configuration; this demo's iteration cap and budget still apply.
+    overrides = {"iterations": config["iterations"], "time_budget_min": config.get("time_budget_min")} \
+        if cancelled_at is not None else {}
+    status = train_workspace(workspace, config_path, overrides, run_id, cancelled_at is not None, args.events)
+    if status == "cancelled":
+        log(f"demo cancelled; its checkpoint is kept in {run_dir / 'checkpoints'}. "
+            "Run `make demo` (or `semisupseg demo` with the same options) again to resume it.")
+        return 130
     summary = summarise(workspace, run_dir, truth_dir, out)
     print(json.dumps(summary, indent=1))
     log(f"overview image: {summary['overview_png']}")
     return 0
+
+
+def cancelled_iteration(run_dir: Path) -> Optional[int]:
+    """The iteration of a demo run that has a checkpoint but no ``finished`` event, else None."""
+    events_path = run_dir / "events.jsonl"
+    if not (run_dir / "checkpoints" / "last.pt").is_file() or not events_path.is_file():
+        return None
+    iteration = 0
+    for line in events_path.read_text(encoding="utf-8").splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:  # a line cut by the kill: the checkpoint, not the log, is what resumes
+            continue
+        if event.get("event") == "finished":
+            return None
+        if event.get("event") == "checkpoint":
+            iteration = int(event.get("iteration", iteration))
+    return iteration
 
 
 def summarise(workspace: Path, run_dir: Path, truth_dir, out: Path) -> dict:
