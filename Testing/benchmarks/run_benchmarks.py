@@ -32,7 +32,8 @@ DOC = bc.REPO / "docs" / "benchmarks.md"
 RESULTS = bc.BENCH_DIR / "results"
 
 # Order of the sections; each is Testing/benchmarks/bench_<name>.py.
-BENCHMARKS = ["train_step", "inference", "first_overlay", "la", "uncertainty_errors", "annotation_loop"]
+BENCHMARKS = ["train_step", "inference", "first_overlay", "la", "uncertainty_errors", "annotation_loop",
+              "time_to_quality"]
 TITLES = {
     "train_step": "Training step: iterations/s and peak memory, DyCON vs mean teacher and every method, optimisations",
     "inference": "Inference: seconds per volume (probabilities + entropy, MC dropout)",
@@ -40,6 +41,7 @@ TITLES = {
     "la": "LA2018 development protocol: supervised, mean teacher, DyCON and the companion methods",
     "uncertainty_errors": "Does the uncertainty map find the errors? (AUROC, top-5 regions vs random boxes)",
     "annotation_loop": "Simulated annotator on LA: does correcting the uncertain regions save annotation effort?",
+    "time_to_quality": "Time to quality on the CPU: held-out LA Dice after a Train click with a time budget",
     "gpu_kit": "GPU kit (gpu_bench.py): environment, parts, DyCON for a fixed wall budget, the targets",
 }
 # Sections filled only by merged records (gpu_bench.py, docs/gpu.md): rendered once they have some.
