@@ -57,7 +57,7 @@ from SemiSupSegLib.panel_text import (  # noqa: F401 (re-exported: scripts and t
 MODULE_NAME = "SemiSupSeg"
 HOMEPAGE = "https://github.com/semisupseg/SlicerSemiSupSeg"
 
-DEVICES = ["auto", "cuda", "cpu"]
+DEVICES = ["auto", "cuda", "mps", "cpu"]  # the engine's --device choices (mps: an Apple GPU)
 EXPORT_FORMATS = ["seg.nrrd", "nifti", "dicomseg"]
 POLL_INTERVAL_MS = 500  # how often the widget drains the worker's events while training
 ENGINE_STATUS_POLL_MS = 200
@@ -115,7 +115,7 @@ class SemiSupSegParameterNode:
         because the combobox is filled from the engine at run time.
     iterations, batchLabelled - 0 = the engine's default for the device (GPU 6000 / CPU 300
         iterations; GPU 4 / CPU 2 patches). batchUnlabelled: -1 = default, 0 = labelled cases only.
-    device - "auto" lets the engine use the GPU when PyTorch sees one.
+    device - "auto" lets the engine use a CUDA GPU, else an Apple GPU (mps), else the CPU.
     patchX, patchY, patchZ - training patch (x, y, z) in voxels, multiples of 16; all 0 = automatic.
     predictEvery - iterations between intermediate predictions; 0 = only at the end.
     showUncertainty, uncertaintyOpacity - the entropy heat overlay in the slice views.

@@ -48,11 +48,16 @@ def noConsoleWindow(osName: str | None = None) -> dict:
     ``{"creationflags": CREATE_NO_WINDOW}`` on Windows (``osName == "nt"``), ``{}`` elsewhere."""
     return {"creationflags": CREATE_NO_WINDOW} if (osName or os.name) == "nt" else {}
 
+# The engine's name for an Apple GPU (semisupseg/training/devices.py, MPS_DESCRIPTION): the device line
+# says the same as the worker's ``started`` event.
+MPS_DESCRIPTION = "Apple GPU (MPS)"
+
 _STATUS_SCRIPT = r"""
 import json, sys
+MPS_DESCRIPTION = sys.argv[2]
 from importlib import metadata
 requirements = json.loads(sys.argv[1])
-status = {"torch": None, "cuda": False, "device": "cpu", "missing": [], "python": sys.executable}
+status = {"torch": None, "cuda": False, "mps": False, "device": "cpu", "missing": [], "python": sys.executable}
 for name in requirements:
     try:
         metadata.version(name)
@@ -64,6 +69,11 @@ try:
     status["cuda"] = bool(torch.cuda.is_available())
     if status["cuda"]:
         status["device"] = "cuda:0 " + torch.cuda.get_device_name(0)
+    # The engine's --device auto takes CUDA, then an Apple GPU (MPS), then the CPU (training/devices.py).
+    mps = getattr(torch.backends, "mps", None)
+    status["mps"] = bool(mps is not None and mps.is_available())
+    if status["mps"] and not status["cuda"]:
+        status["device"] = "mps " + MPS_DESCRIPTION
 except Exception as error:
     status["torchError"] = repr(error)
 print(json.dumps(status))
@@ -98,12 +108,13 @@ def readRequirements(path) -> list[str]:
 
 def engineStatus(pythonExecutable: str, requirements: list[str], environment: dict | None = None,
                  timeout: float = STATUS_TIMEOUT_S) -> dict:
-    """``{"torch": version|None, "cuda": bool, "device": "cuda:0 <name>"|"cpu", "missing": [names]}`` of the worker's Python."""
+    """``{"torch": version|None, "cuda": bool, "mps": bool, "device": "cuda:0 <name>"|"mps Apple GPU (MPS)"|"cpu",
+    "missing": [names]}`` of the worker's Python; ``device`` is what the engine's ``--device auto`` takes."""
     # torch is checked even when requirements.txt leaves it to the PyTorch extension.
     names = list(dict.fromkeys([TORCH] + [name for name in map(requirementName, requirements) if name]))
     try:
         completed = subprocess.run(
-            [str(pythonExecutable), "-c", _STATUS_SCRIPT, json.dumps(names)],
+            [str(pythonExecutable), "-c", _STATUS_SCRIPT, json.dumps(names), MPS_DESCRIPTION],
             capture_output=True, text=True, timeout=timeout, env=environment, stdin=subprocess.DEVNULL,
             **noConsoleWindow(),
         )

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional
 
+from .dependencies import MPS_DESCRIPTION
 from .panel import patchSizeProblem
 
 try:
@@ -114,6 +115,8 @@ def engineStatusText(status: Optional[dict]) -> str:
         return _("PyTorch is not installed: it will be offered when you click Train.")
     if status.get("cuda"):
         text = _("PyTorch {version} · GPU: {device}").format(version=status["torch"], device=status.get("device", "cuda"))
+    elif status.get("mps"):  # a Mac: --device auto trains on its Apple GPU
+        text = _("PyTorch {version} · GPU: {device}").format(version=status["torch"], device=MPS_DESCRIPTION)
     else:
         text = _("PyTorch {version} · CPU only (no CUDA GPU): training works but is slow").format(version=status["torch"])
     if status.get("missing"):

@@ -364,7 +364,7 @@ class SemiSupSegPresenter:
         if not status.get("torch") or status.get("missing"):
             raise PanelProblem(_("The training worker's Python still lacks packages ({status}). Restart Slicer and try "
                                  "again; the Python console shows what failed.").format(status=engineStatusText(status)))
-        if not status.get("cuda"):
+        if not status.get("cuda") and not status.get("mps"):
             inform(_("PyTorch is installed without GPU (CUDA) support, so training will run on the CPU only. It works "
                      "but is slow. With an NVIDIA GPU, reinstall PyTorch from the PyTorch module choosing a CUDA build."),
                    _("CPU only"))

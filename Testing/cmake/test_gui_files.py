@@ -160,6 +160,11 @@ def test_bound_widgets_can_represent_their_fields(ui_root, ui_widgets, module_tr
             assert field["default"] in choices
 
 
+def test_the_device_choices_are_the_engines(ui_widgets):
+    """``--device`` takes auto, cuda, mps (an Apple GPU) and cpu (semisupseg/training/devices.py)."""
+    assert combo_items(ui_widgets["deviceComboBox"]) == ["auto", "cuda", "mps", "cpu"]
+
+
 def test_defaults_lie_within_their_ranges(module_tree):
     for name, field in parameter_fields(module_tree).items():
         if "WithinRange" in field["validators"] and field["default"] is not None:
@@ -483,6 +488,8 @@ def test_engine_status_text(gui):
         == "PyTorch 2.5.1 · GPU: cuda:0 NVIDIA H100"
     cpu = gui.engineStatusText({"torch": "2.5.1", "cuda": False, "device": "cpu", "missing": ["tqdm"]})
     assert "CPU only" in cpu and "missing: tqdm" in cpu
+    apple = gui.engineStatusText({"torch": "2.9.0", "cuda": False, "mps": True, "device": "mps Apple GPU (MPS)", "missing": []})
+    assert apple == "PyTorch 2.9.0 · GPU: Apple GPU (MPS)" and "CPU only" not in apple
     assert "could not check" in gui.engineStatusText({"error": "boom"})
     assert gui.engineStatusText(None) == "PyTorch: not checked yet"
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import types
 from pathlib import Path
@@ -203,3 +204,34 @@ def test_console_windows_are_hidden_on_windows(monkeypatch):
     monkeypatch.setattr(dependencies.subprocess, "run", fakeRun)
     dependencies.engineStatus("python", ["monai"])
     assert seen["creationflags"] == 0x08000000
+
+
+def fakeTorch(folder: Path, cuda: bool, mps) -> dict:
+    """An environment whose PYTHONPATH puts a stand-in ``torch`` first: the worker's Python on a Mac
+    (``mps=True``), a PC without GPU (False), or a build without the MPS backend (``mps=None``).
+
+    This machine has no Apple GPU, so the availability is simulated; the status script itself runs
+    unchanged in a real child Python."""
+    package = folder / "torch"
+    package.mkdir(parents=True)
+    backends = "types.SimpleNamespace()" if mps is None else f"types.SimpleNamespace(mps=types.SimpleNamespace(is_available=lambda: {mps}))"
+    (package / "__init__.py").write_text(
+        "import types\n__version__ = '2.9.0'\n"
+        f"cuda = types.SimpleNamespace(is_available=lambda: {cuda}, get_device_name=lambda index: 'NVIDIA Fake')\n"
+        f"backends = {backends}\n", encoding="utf-8")
+    return {**os.environ, "PYTHONPATH": str(folder)}
+
+
+@pytest.mark.parametrize("cuda, mps, device, line", [
+    (False, True, "mps Apple GPU (MPS)", "PyTorch 2.9.0 · GPU: Apple GPU (MPS)"),
+    (True, True, "cuda:0 NVIDIA Fake", "PyTorch 2.9.0 · GPU: cuda:0 NVIDIA Fake"),  # auto takes CUDA first
+    (False, False, "cpu", "PyTorch 2.9.0 · CPU only (no CUDA GPU): training works but is slow"),
+    (False, None, "cpu", "PyTorch 2.9.0 · CPU only (no CUDA GPU): training works but is slow"),
+])
+def test_an_apple_gpu_is_reported_by_the_worker_python_and_named_on_the_device_line(tmp_path, cuda, mps, device, line):
+    from SemiSupSegLib.panel_text import engineStatusText
+
+    status = dependencies.engineStatus(sys.executable, [], fakeTorch(tmp_path, cuda, mps))
+    assert status["torch"] == "2.9.0", status
+    assert (status["mps"], status["device"]) == (bool(mps), device)
+    assert engineStatusText(status) == line

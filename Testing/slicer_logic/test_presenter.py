@@ -232,6 +232,16 @@ def test_an_install_that_leaves_packages_missing_says_restart_and_a_cpu_only_tor
     assert told == ["CPU only"] and "CPU only" in presenter.engineStatusLine()
 
 
+def test_an_apple_gpu_is_named_on_the_device_line_and_is_not_called_cpu_only():
+    """A Mac's worker Python (status as ``dependencies.engineStatus`` reports an available MPS backend)."""
+    mpsReady = {"torch": "2.9.0", "cuda": False, "mps": True, "device": "mps Apple GPU (MPS)", "missing": []}
+    told = []
+    presenter = SemiSupSegPresenter(StubLogic([MISSING, mpsReady], acceptInstall=True), PanelParameters())
+    assert presenter.ensureDependencies(lambda message: True, lambda message, title: told.append(title))
+    assert told == []  # no "CPU only" warning: training runs on the Apple GPU
+    assert presenter.engineStatusLine() == "PyTorch 2.9.0 · GPU: Apple GPU (MPS)"
+
+
 def test_the_method_list_keeps_a_saved_method_selectable():
     presenter = SemiSupSegPresenter(StubLogic([]), PanelParameters(method="an_old_method"))
     presenter.engineChecked({"status": READY, "methods": [("dycon", "DyCON"), ("supervised", "labelled only")]})
