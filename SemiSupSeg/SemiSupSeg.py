@@ -118,6 +118,7 @@ class SemiSupSegParameterNode:
     device - "auto" lets the engine use a CUDA GPU, else an Apple GPU (mps), else the CPU.
     patchX, patchY, patchZ - training patch (x, y, z) in voxels, multiples of 16; all 0 = automatic.
     predictEvery - iterations between intermediate predictions; 0 = only at the end.
+    timeBudgetMin - train until this many minutes, prediction included (engine `time_budget_min`); 0 = none.
     showUncertainty, uncertaintyOpacity - the entropy heat overlay in the slice views.
     trainFromScratch - Train again starts from random weights instead of the last run's final weights.
     keepTraining - the live loop: train until Stop (engine `iterations: 0`, `--continuous`), picking up
@@ -139,6 +140,7 @@ class SemiSupSegParameterNode:
     patchY: Annotated[int, WithinRange(0, 1024)] = 0
     patchZ: Annotated[int, WithinRange(0, 1024)] = 0
     predictEvery: Annotated[int, WithinRange(0, 1_000_000)] = 1000
+    timeBudgetMin: Annotated[int, WithinRange(0, 10_000)] = 0
     trainFromScratch: bool = False
     keepTraining: bool = True
     showUncertainty: bool = True

@@ -57,22 +57,39 @@ def formatDuration(seconds) -> str:
 
 
 def progressText(progress: dict) -> str:
-    """Two lines from a ``progress`` event: iteration, speed, time left; then the losses."""
+    """Two lines from a ``progress`` event: iteration, speed, time left (and the time budget left,
+    ``budget_left_s``, in a run with a time budget); then the losses."""
     iteration, total = progress.get("iteration"), progress.get("total")
+    budgetLeft = formatDuration(max(0.0, float(progress["budget_left_s"]))) if progress.get("budget_left_s") is not None else ""
     if total:
         parts = [_("Iteration {iteration} / {total}").format(iteration=iteration, total=total)]
+    elif budgetLeft:  # a run with a time budget and no iteration count ends at the budget
+        parts = [_("Iteration {iteration}, training until the time budget").format(iteration=iteration)]
     else:  # a continuous run (live loop) has no end
         parts = [_("Iteration {iteration}, training until stopped").format(iteration=iteration)]
     if progress.get("it_per_s"):
         parts.append(_("{speed:.2f} it/s").format(speed=float(progress["it_per_s"])))
     eta = formatDuration(progress.get("eta_s"))
-    if eta:
+    if eta and eta != budgetLeft:  # the engine's eta is at most the budget left: say it once
         parts.append(_("about {eta} left").format(eta=eta))
+    if budgetLeft:
+        parts.append(_("time budget: {left} left").format(left=budgetLeft))
     text = " · ".join(parts)
     losses = progress.get("losses") or {}
     if losses:
         text += "\n" + _("Losses") + ": " + ", ".join(f"{name} {float(value):.3g}" for name, value in losses.items())
     return text
+
+
+def finishedText(runId: str, finished: Optional[dict]) -> str:
+    """What the panel says when run ``runId`` has finished; ``finished`` is the engine's ``finished``
+    event (None if it was not seen). A run the time budget ended says so, with the minutes used."""
+    review = _("Select a case, then 'Next uncertain region' to review where the network is unsure.")
+    if finished and finished.get("stopped_by") == "time_budget":
+        used, budget = formatDuration(finished.get("budget_used_s")), formatDuration(finished.get("time_budget_s"))
+        return _("Finished run {run}: stopped at its time budget ({used} of {budget}, prediction included).").format(
+            run=runId, used=used or "?", budget=budget or "?") + " " + review
+    return _("Finished run {run}.").format(run=runId) + " " + review
 
 
 def regionText(index: int, regions: list) -> str:
@@ -173,6 +190,9 @@ def trainingConfig(parameters) -> dict:
         config["batch_unlabelled"] = int(parameters.batchUnlabelled)
     if parameters.predictEvery > 0:
         config["predict_every"] = int(parameters.predictEvery)
+    budget = float(getattr(parameters, "timeBudgetMin", 0) or 0)  # whole minutes in the panel
+    if budget > 0:  # the engine stops training early enough for the checkpoint and prediction to fit
+        config["time_budget_min"] = int(budget) if budget.is_integer() else budget
     patch = [int(parameters.patchX), int(parameters.patchY), int(parameters.patchZ)]
     if any(patch):
         config["patch_size"] = patch

@@ -31,6 +31,8 @@ from .panel_text import (
     VOLUME_FILE_EXTENSIONS,
     classNamesFromSegments,
     engineStatusText,
+    finishedText,
+    formatDuration,
     isAlive,
     isPathSet,
     listVolumeFiles,
@@ -72,6 +74,7 @@ class PanelParameters:
     patchY: int = 0
     patchZ: int = 0
     predictEvery: int = 1000
+    timeBudgetMin: int = 0
     trainFromScratch: bool = False
     keepTraining: bool = True
     showUncertainty: bool = True
@@ -112,6 +115,8 @@ class SemiSupSegPresenter:
         self.parameters = parameters
         self.display = CaseDisplay(logic, fitViews)
         self.job = None  # TrainingJob while a worker runs
+        self.finishedEvent: Optional[dict] = None  # the running job's ``finished`` event (stopped_by, budget)
+        self.budgetSeconds = 0.0  # the running job's time budget (0: none), for the progress bar
         self.trainingState = IDLE
         self.caseScores: dict = {}  # case id -> uncertainty score of the last run
         self.regionsCache: dict = {}  # (run id, case id) -> regions
@@ -406,6 +411,7 @@ class SemiSupSegPresenter:
         config = trainingConfig(parameters)
         initFrom, warmStartNote = self.logic.warmStartRun(workspace, parameters.lastRunId, config, parameters.trainFromScratch)
         self.job = self.logic.startTraining(workspace, config, initFrom=initFrom)
+        self.finishedEvent, self.budgetSeconds = None, 60.0 * config.get("time_budget_min", 0)
         parameters.lastRunId = self.job.runId
         self.regionsCache.clear()
         self.trainingState = TRAINING
@@ -442,11 +448,18 @@ class SemiSupSegPresenter:
     def _onEvent(self, event: dict, predicted: list) -> None:
         kind = event.get("event")
         if kind == "progress":
-            total = int(event["total"]) if event.get("total") else 0
-            value = min(int(event.get("iteration", 0)), total) if total else 0
-            self.progress = ProgressView(progressText(event), total, value, True)
+            self.progress = self._progressView(event)
         elif kind == "started":
             self.progress.text = _("Training on {device}...").format(device=event.get("device", "?"))
+            if event.get("time_budget_min"):
+                self.progress.text += " " + _("Time budget: {budget}, prediction included.").format(
+                    budget=formatDuration(60.0 * float(event["time_budget_min"])))
+        elif kind == "budget_reached":
+            self.progress.text = _("Time budget reached at iteration {iteration}: saving the weights and predicting "
+                                   "(about {prediction}).").format(iteration=event.get("iteration", "?"),
+                                                                   prediction=formatDuration(event.get("prediction_s")) or "?")
+        elif kind == "finished":
+            self.finishedEvent = event
         elif kind == "prediction" and event.get("case"):
             predicted.append(event["case"])
             if event.get("score") is not None:
@@ -457,6 +470,16 @@ class SemiSupSegPresenter:
                 self.status(_("Training took in the new labels of: {cases}").format(cases=", ".join(changed)))
         elif kind == "regions":
             self._forgetRegions(self.job.runId)
+
+    def _progressView(self, event: dict) -> ProgressView:
+        """The bar counts iterations; a run that ends at its time budget only counts the budget's seconds."""
+        total = int(event["total"]) if event.get("total") else 0
+        if total:
+            return ProgressView(progressText(event), total, min(int(event.get("iteration", 0)), total), True)
+        if self.budgetSeconds and event.get("budget_left_s") is not None:
+            spent = self.budgetSeconds - max(0.0, float(event["budget_left_s"]))
+            return ProgressView(progressText(event), int(self.budgetSeconds), int(min(max(spent, 0.0), self.budgetSeconds)), True)
+        return ProgressView(progressText(event), 0, 0, True)  # no end: a busy indicator
 
     def _onTrainingEnded(self, job) -> None:
         self.job = None
@@ -473,8 +496,7 @@ class SemiSupSegPresenter:
             self.progress.text = _("Stopped. The last checkpoint is kept in run {run}.").format(run=job.runId)
         else:
             self.progress.value = self.progress.maximum
-            self.progress.text = _("Finished run {run}. Select a case, then 'Next uncertain region' to review where "
-                                   "the network is unsure.").format(run=job.runId)
+            self.progress.text = finishedText(job.runId, self.finishedEvent)
         self.refreshCases()
 
     def workerLogPath(self) -> pathlib.Path:

@@ -363,6 +363,21 @@ def test_progress_text(gui):
     assert gui.progressText({"iteration": 1, "total": 4}) == "Iteration 1 / 4"
 
 
+def test_progress_and_end_texts_of_a_run_with_a_time_budget(gui):
+    budget_only = {"iteration": 40, "total": 0, "it_per_s": 2.0, "eta_s": 600, "budget_left_s": 600}
+    assert gui.progressText(budget_only) == "Iteration 40, training until the time budget · 2.00 it/s · time budget: 10 min left"
+    with_iterations = {"iteration": 40, "total": 300, "eta_s": 130, "budget_left_s": 600}
+    assert gui.progressText(with_iterations) == "Iteration 40 / 300 · about 2 min left · time budget: 10 min left"
+    assert gui.progressText({"iteration": 7, "total": 0, "budget_left_s": -3.0}).endswith("time budget: 0 s left")
+    assert gui.progressText({"iteration": 7, "total": 0}) == "Iteration 7, training until stopped"
+    panel_text = _panel_text()
+    ended = panel_text.finishedText("r1", {"event": "finished", "stopped_by": "time_budget", "time_budget_s": 1200,
+                                           "budget_used_s": 1130.4})
+    assert ended.startswith("Finished run r1: stopped at its time budget (19 min of 20 min, prediction included).")
+    assert panel_text.finishedText("r1", {"stopped_by": "iterations"}).startswith("Finished run r1. Select a case")
+    assert panel_text.finishedText("r1", None).startswith("Finished run r1. Select a case")
+
+
 def test_region_text(gui):
     regions = [{"rank": 1, "volume_ml": 3.0, "mean_uncertainty": 0.9},
                {"rank": 2, "volume_ml": 1.349, "mean_uncertainty": 0.618}]
@@ -434,6 +449,12 @@ def test_keep_training_asks_the_engine_for_a_continuous_run(gui):
     assert gui.trainingConfig(parameters(iterations=500, keepTraining=False))["iterations"] == 500
 
 
+def test_a_time_budget_goes_into_the_run_config_in_minutes(gui):
+    assert "time_budget_min" not in gui.trainingConfig(parameters(timeBudgetMin=0))  # 0 = none
+    assert gui.trainingConfig(parameters(timeBudgetMin=20))["time_budget_min"] == 20
+    assert gui.trainingConfig(parameters(timeBudgetMin=0.5))["time_budget_min"] == 0.5
+
+
 def test_training_config_keys_are_engine_config_keys(gui):
     config_module = MODULE_DIR / "semisupseg" / "config.py"
     if not config_module.exists():
@@ -444,7 +465,7 @@ def test_training_config_keys_are_engine_config_keys(gui):
     finally:
         sys.path.remove(str(MODULE_DIR))
     config = gui.trainingConfig(parameters(iterations=1, batchLabelled=1, batchUnlabelled=1, predictEvery=1,
-                                           patchX=16, patchY=16, patchZ=16))
+                                           patchX=16, patchY=16, patchZ=16, timeBudgetMin=5))
     assert set(config) <= set(DEFAULTS), f"keys the engine does not know: {set(config) - set(DEFAULTS)}"
 
 

@@ -8,6 +8,7 @@ panel cannot set network widths, so the logic used here adds them to the panel's
 
 from __future__ import annotations
 
+import json
 import pathlib
 import time
 
@@ -182,6 +183,39 @@ def test_stop_keeps_the_checkpoint_and_returns_to_idle(panel):
     followUntilIdle(presenter, timeout=120)
     runDir = pathlib.Path(presenter.parameters.workspaceDir) / "runs" / presenter.parameters.lastRunId
     assert presenter.progress.text.startswith("Stopped.") and (runDir / "checkpoints" / "last.pt").exists()
+
+
+def test_a_time_budget_ends_the_live_loop_with_a_prediction_and_says_so(panel, mrml):
+    """Keep training (the panel's default) with a time budget: the engine gets ``time_budget_min``,
+    the progress shows the budget left, and the run ends by itself at the budget with predictions.
+    (The panel offers whole minutes; a quarter of a minute keeps the test short.)"""
+    presenter, cases, _ = panel
+    (vol0, seg0, _), (vol1, _, _) = cases
+    presenter.addCases([vol0, vol1])
+    presenter.setSegmentation(vol0, seg0)
+    presenter.setLabelled([vol0], True)
+    presenter.parameters.keepTraining, presenter.parameters.timeBudgetMin = True, 0.25
+    presenter.onTrainButton()
+    texts, bars = [], []
+    deadline = time.monotonic() + 300
+    while presenter.poll():
+        assert time.monotonic() < deadline, presenter.progress.text
+        texts.append(presenter.progress.text)
+        if presenter.progress.text.startswith("Iteration"):
+            bars.append((presenter.progress.maximum, presenter.progress.value))
+        time.sleep(0.2)
+    assert presenter.error is None, presenter.error
+    runDir = pathlib.Path(presenter.parameters.workspaceDir) / "runs" / presenter.parameters.lastRunId
+    assert json.loads((runDir / "config.json").read_text())["time_budget_min"] == 0.25
+    assert presenter.finishedEvent["stopped_by"] == "time_budget" and presenter.finishedEvent["time_budget_s"] == 15
+    during = [text for text in texts if text.startswith("Iteration")]
+    assert during and all("training until the time budget" in text and "time budget: " in text for text in during)
+    assert any("Time budget: 15 s" in text for text in texts)  # the started event's budget
+    assert bars and all(maximum == 15 and 0 <= value <= 15 for maximum, value in bars)  # the bar counts seconds
+    assert presenter.progress.text.startswith(f"Finished run {presenter.parameters.lastRunId}: stopped at its time budget (")
+    assert "of 15 s, prediction included" in presenter.progress.text
+    for volume in (vol0, vol1):  # the final prediction came within the budget's run
+        assert case_nodes.resultNode(mrml.scene, case_nodes.caseIdOf(volume), case_nodes.PREDICTION) is not None
 
 
 # -- decisions without a worker ------------------------------------------------------------

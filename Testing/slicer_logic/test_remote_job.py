@@ -92,6 +92,25 @@ def test_remote_run_downloads_results_and_uploads_only_changed_files(server, tmp
     assert second.remoteWorkspace == job.remoteWorkspace == remoteWorkspaceName(workspace)
 
 
+def test_the_panels_time_budget_reaches_the_remote_worker(server, tmp_path):
+    """The Training section's time budget travels in the remote job's config like in a local run's:
+    the server's worker reports the budget in its ``finished`` event (4 iterations end it first)."""
+    from SemiSupSegLib.panel_text import trainingConfig
+    from SemiSupSegLib.presenter import PanelParameters
+
+    panelConfig = trainingConfig(PanelParameters(timeBudgetMin=5, keepTraining=False))
+    workspace = helpers.write_workspace(tmp_path / "local")
+    job = RemoteTrainingJob(server.url, server.token, workspace, {**helpers.FAST_CONFIG, "predict_cases": "none",
+                                                                  "time_budget_min": panelConfig["time_budget_min"]},
+                            runId="budget-1", pollWait=2)
+    assert job._jobRequest()["config"]["time_budget_min"] == 5
+    events = drain(job)
+    assert job.state == "finished", job.error
+    finished = [event for event in events if event["event"] == "finished"][-1]
+    assert finished["time_budget_s"] == 300 and finished["stopped_by"] == "iterations"
+    assert any("budget_left_s" in event for event in events if event["event"] == "progress")
+
+
 def test_wrong_token_and_missing_server_give_clear_errors(server, tmp_path):
     workspace = helpers.write_workspace(tmp_path / "local")
     wrong = RemoteTrainingJob(server.url, "not-the-token", workspace, helpers.FAST_CONFIG, runId="w1")
