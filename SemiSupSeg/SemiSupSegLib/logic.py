@@ -116,6 +116,15 @@ class SemiSupSegLogic:
         atomicWriteJson(job.runDir / RUN_NOTE_FILE, note)
         return job
 
+    def trainingEnded(self, job) -> bool:
+        """Tidy up after a job has ended: its pending configuration goes (the engine keeps the resolved
+        one in ``runs/<id>/config.json``), and the run folder of a run the engine refused (bad input,
+        nothing trained) goes too, so no empty run is left to be chosen as a warm start or listed.
+        Returns True when the run was refused and its folder removed."""
+        (Path(job.workspaceDir) / "runs" / f"pending-{job.runId}.json").unlink(missing_ok=True)
+        discard = getattr(job, "discardIfRefused", None)
+        return bool(discard and discard())
+
     def warmStartRun(self, workspaceDir, previousRunId: str | None, config: dict, fromScratch: bool = False):
         """``(run folder or None, reason)``: where "Train again" starts from.
 

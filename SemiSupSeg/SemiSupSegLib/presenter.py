@@ -115,6 +115,7 @@ class SemiSupSegPresenter:
         self.parameters = parameters
         self.display = CaseDisplay(logic, fitViews)
         self.job = None  # TrainingJob while a worker runs
+        self.previousRunId = ""  # the run shown before the running job started
         self.finishedEvent: Optional[dict] = None  # the running job's ``finished`` event (stopped_by, budget)
         self.budgetSeconds = 0.0  # the running job's time budget (0: none), for the progress bar
         self.trainingState = IDLE
@@ -411,6 +412,7 @@ class SemiSupSegPresenter:
         config = trainingConfig(parameters)
         initFrom, warmStartNote = self.logic.warmStartRun(workspace, parameters.lastRunId, config, parameters.trainFromScratch)
         self.job = self.logic.startTraining(workspace, config, initFrom=initFrom)
+        self.previousRunId = parameters.lastRunId  # shown again if the engine refuses this run
         self.finishedEvent, self.budgetSeconds = None, 60.0 * config.get("time_budget_min", 0)
         parameters.lastRunId = self.job.runId
         self.regionsCache.clear()
@@ -485,8 +487,12 @@ class SemiSupSegPresenter:
         self.job = None
         self._forgetRegions(job.runId)
         self.trainingState = IDLE
+        refused = self.logic.trainingEnded(job)
         if job.state == "failed":
             self.error = job.error or {"message": _("The training worker failed."), "hint": ""}
+            if refused and self.parameters is not None:  # its folder is gone: the earlier run stays the one shown
+                self.parameters.lastRunId = self.previousRunId
+                self.progress = ProgressView(_("The engine refused run {run}; nothing was trained or kept.").format(run=job.runId))
             return
         try:
             self.caseScores.update(self.logic.caseScores(str(job.workspaceDir), job.runId))

@@ -22,6 +22,7 @@ import json
 import os
 import queue
 import re
+import shutil
 import socket
 import tempfile
 import threading
@@ -139,6 +140,7 @@ class RemoteTrainingJob:
         self.workspaceDir = Path(workspaceDir)
         self.runId = runId
         self.runDir = self.workspaceDir / "runs" / runId
+        self.createdRunDir = not self.runDir.exists()  # only then may a refused run's folder go
         self.runDir.mkdir(parents=True, exist_ok=True)
         self.config = dict(config)
         self.resume, self.initFrom, self.iterations, self.continuous = resume, initFrom, iterations, continuous
@@ -196,6 +198,19 @@ class RemoteTrainingJob:
 
     def stderrTail(self, lines: int = 20) -> str:
         return "\n".join(list(self.logLines)[-lines:])
+
+    @property
+    def refused(self) -> bool:
+        """Failed before the server queued the run (server or token refused, configuration refused,
+        upload refused): nothing was trained, the local run folder holds only this job's events."""
+        return self.state == FAILED and self.jobId is None
+
+    def discardIfRefused(self) -> bool:
+        """Remove the local run folder of a refused run this job created; ``error`` keeps the reason."""
+        if not (self.createdRunDir and self.runDir.exists() and self.refused):
+            return False
+        shutil.rmtree(self.runDir, ignore_errors=True)
+        return not self.runDir.exists()
 
     def wait(self, timeout: float | None = None) -> int:
         """Block until the job has ended on the server (TimeoutError after ``timeout`` s)."""

@@ -47,6 +47,8 @@ def drainEvents(events: "queue.Queue") -> list[dict]:
 
 
 TERMINAL_EVENTS = {"finished": FINISHED, "cancelled": CANCELLED}
+# The engine's exit code for bad input (InputError): the run was refused, nothing was trained.
+REFUSED_EXIT_CODE = 2
 WORKER_LOG = "worker.log"
 STOP_FILE = "STOP"
 STDERR_TAIL_LINES = 20
@@ -147,6 +149,9 @@ class TrainingJob:
         self.workspaceDir = Path(workspaceDir)
         self.command = list(command)
         self.runDir = runFolder(workspaceDir, runId)
+        # Only a folder this job made may be removed when the engine refuses the run (a resumed
+        # run's folder holds its checkpoints).
+        self.createdRunDir = not self.runDir.exists()
         self.runDir.mkdir(parents=True, exist_ok=True)
         # A STOP file left by an earlier stop of this run would end a resumed run at once.
         (self.runDir / STOP_FILE).unlink(missing_ok=True)
@@ -273,6 +278,24 @@ class TrainingJob:
             "message": f"The training worker exited with code {self.process.returncode}: {lastLine}",
             "hint": f"See {self.runDir / WORKER_LOG}. Last lines:\n{tail}",
         }
+
+    @property
+    def refused(self) -> bool:
+        """The engine refused the run: it exited with code 2 (bad input, ``error`` event with message
+        and hint) before writing any checkpoint, so the run folder holds nothing worth keeping."""
+        if self.process.poll() != REFUSED_EXIT_CODE:
+            return False
+        with self._lock:
+            reported = self._errorEvent is not None
+        return reported and not (self.runDir / "checkpoints").exists()
+
+    def discardIfRefused(self) -> bool:
+        """Remove the run folder of a refused run this job created (worker.log, the run note, whatever
+        the engine wrote before refusing); its message and hint stay in ``error``. Returns whether removed."""
+        if not (self.createdRunDir and self.runDir.exists() and self.refused):
+            return False
+        shutil.rmtree(self.runDir, ignore_errors=True)
+        return not self.runDir.exists()
 
     def stderrTail(self, lines: int = STDERR_TAIL_LINES) -> str:
         path = self.runDir / WORKER_LOG

@@ -148,17 +148,36 @@ def test_inputs_the_engine_would_refuse_are_refused_before_anything_is_written(p
     assert presenter.job is None
 
 
-def test_a_failing_worker_shows_its_message_and_hint(panel):
+class EngineOnlyRefusalLogic(TinyNetworkLogic):
+    """Sends a patch the panel would have refused (16^3: the network's bottleneck rule), so that the
+    engine's own refusal is what is tested."""
+
+    def startTraining(self, workspaceDir, config, **options):
+        return super().startTraining(workspaceDir, dict(config, patch_size=[16, 16, 16]), **options)
+
+
+@pytest.mark.parametrize("refusal", ["unknown method", "patch size"])
+def test_a_run_the_engine_refuses_shows_its_message_and_leaves_no_run_behind(panel, refusal):
     presenter, cases, _ = panel
     (vol0, seg0, _), _unused = cases
     presenter.addCases([vol0])
     presenter.setSegmentation(vol0, seg0)
     presenter.setLabelled([vol0], True)
-    presenter.parameters.method = "no_such_method"
+    if refusal == "unknown method":
+        presenter.parameters.method = "no_such_method"
+    else:
+        presenter.logic = EngineOnlyRefusalLogic()
+    presenter.parameters.lastRunId = "earlier-run"  # the run shown before Train was clicked
     presenter.onTrainButton()
+    refusedRun = presenter.job.runId
     followUntilIdle(presenter, timeout=120)
     assert presenter.trainingState == IDLE and presenter.trainButtonText() == "Train"
-    assert presenter.error and "no_such_method" in presenter.error["message"] and presenter.error["hint"]
+    expected = "no_such_method" if refusal == "unknown method" else "patch"
+    assert presenter.error and expected in presenter.error["message"].lower() and presenter.error["hint"], presenter.error
+    runs = pathlib.Path(presenter.parameters.workspaceDir) / "runs"
+    assert sorted(path.name for path in runs.iterdir()) == []  # neither runs/<id>/ nor its pending config
+    assert presenter.parameters.lastRunId == "earlier-run"  # still the one shown and warm-started from
+    assert refusedRun in presenter.progress.text and "refused" in presenter.progress.text
 
 
 def test_stop_keeps_the_checkpoint_and_returns_to_idle(panel):

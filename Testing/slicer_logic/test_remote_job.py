@@ -109,6 +109,7 @@ def test_the_panels_time_budget_reaches_the_remote_worker(server, tmp_path):
     finished = [event for event in events if event["event"] == "finished"][-1]
     assert finished["time_budget_s"] == 300 and finished["stopped_by"] == "iterations"
     assert any("budget_left_s" in event for event in events if event["event"] == "progress")
+    assert not job.refused and not job.discardIfRefused() and (workspace / "runs" / "budget-1").is_dir()
 
 
 def test_wrong_token_and_missing_server_give_clear_errors(server, tmp_path):
@@ -118,6 +119,8 @@ def test_wrong_token_and_missing_server_give_clear_errors(server, tmp_path):
     assert wrong.state == "failed" and wrong.returncode == 1
     assert "refused the access token" in wrong.error["message"] and ".semisupseg-token" in wrong.error["hint"]
     assert [event["event"] for event in events] == ["error"]
+    assert wrong.refused and (workspace / "runs" / "w1" / "events.jsonl").exists()
+    assert wrong.discardIfRefused() and not (workspace / "runs" / "w1").exists()  # nothing was queued or trained
 
     nowhere = f"http://127.0.0.1:{helpers.free_port()}"
     absent = RemoteTrainingJob(nowhere, server.token, workspace, helpers.FAST_CONFIG, runId="w2")

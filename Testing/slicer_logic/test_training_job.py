@@ -74,6 +74,39 @@ def test_error_event_is_the_error(tmp_path):
     assert job.error == {"message": "Case 'a': label grid differs", "hint": "Re-export it"}
 
 
+REFUSAL = emit(event="error", message="Patch size [16, 16, 16] is too small", hint="Use at least 32") + "sys.exit(2)\n"
+
+
+def test_a_refused_run_leaves_no_run_folder_and_keeps_its_message(tmp_path):
+    job = fakeWorker(tmp_path, REFUSAL)
+    assert job.wait(timeout=30) == 2 and job.refused
+    assert (tmp_path / "runs" / "run-1" / "worker.log").exists()  # written while the worker ran
+    assert job.discardIfRefused() and not (tmp_path / "runs" / "run-1").exists()
+    assert job.state == "failed" and job.error == {"message": "Patch size [16, 16, 16] is too small", "hint": "Use at least 32"}
+    assert not job.discardIfRefused()  # nothing left to do
+
+
+@pytest.mark.parametrize("body, why", [
+    (emit(event="started") + "print('Traceback: boom', file=sys.stderr)\nsys.exit(1)\n", "a crash: worker.log is the evidence"),
+    ("print('no event', flush=True)\nsys.exit(2)\n", "exit code 2 without the engine's error event"),
+    ("os.makedirs(os.path.join('runs', 'run-1', 'checkpoints'))\n" + REFUSAL, "a checkpoint was written"),
+])
+def test_runs_that_were_not_refused_keep_their_folder(tmp_path, body, why):
+    job = fakeWorker(tmp_path, body, cwd=tmp_path)
+    job.wait(timeout=30)
+    assert job.state == "failed" and not job.refused, why
+    assert not job.discardIfRefused() and (tmp_path / "runs" / "run-1" / "worker.log").exists(), why
+
+
+def test_a_refused_resume_keeps_the_folder_it_did_not_create(tmp_path):
+    runDir = tmp_path / "runs" / "run-1"
+    runDir.mkdir(parents=True)
+    (runDir / "config.json").write_text("{}")
+    job = fakeWorker(tmp_path, REFUSAL)
+    job.wait(timeout=30)
+    assert job.refused and not job.discardIfRefused() and (runDir / "config.json").exists()
+
+
 def test_crash_without_error_event_reports_the_stderr_tail(tmp_path):
     job = fakeWorker(tmp_path, emit(event="started") + "print('Traceback: boom happened', file=sys.stderr)\nsys.exit(1)\n")
     assert job.wait(timeout=30) == 1
