@@ -274,11 +274,10 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._render()
 
     def _setupPathFields(self) -> None:
-        """Folder fields bound by hand (PathField; issue 20, bug 6). An empty SlicerParameterName makes
-        connectGui skip them (it binds widgets whose property is non-empty, Slicer 5.8 and main)."""
+        """Folder fields bound by hand (PathField; issue 20, bug 6): the .ui gives them no
+        SlicerParameterName, so connectGui leaves them alone."""
         for widgetName, name in PATH_FIELDS.items():
             widget = getattr(self.ui, widgetName)
-            widget.setProperty("SlicerParameterName", "")
             field = PathField(lambda name=name: getattr(self._parameterNode, name) if self._parameterNode else None,
                               lambda path, name=name: self._parameterNode and setattr(self._parameterNode, name, path))
             self._pathFields[widget] = field

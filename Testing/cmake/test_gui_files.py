@@ -160,6 +160,22 @@ def test_bound_widgets_can_represent_their_fields(ui_root, ui_widgets, module_tr
             assert field["default"] in choices
 
 
+def test_folder_fields_are_bound_by_hand_and_not_named_for_connect_gui(ui_root, ui_widgets, module_tree):
+    """The workspace and export folders are bound by PathField (issue 20, bug 6), so the .ui must not
+    give them a SlicerParameterName: connectGui would bind them a second time (the widget used to
+    clear the property at setup; now there is nothing to clear)."""
+    path_fields = module_constants(module_tree)["PATH_FIELDS"]
+    assert set(path_fields.values()) == {"workspaceDir", "exportDir"}
+    for widget_name, parameter in path_fields.items():
+        assert ui_widgets[widget_name].get("class") == "ctkPathLineEdit"
+        assert ui_widgets[widget_name].find("property[@name='SlicerParameterName']") is None, widget_name
+        assert parameter not in ui_parameter_bindings(ui_root)
+    cleared = [node for node in ast.walk(module_tree) if isinstance(node, ast.Call)
+               and isinstance(node.func, ast.Attribute) and node.func.attr == "setProperty"
+               and node.args and isinstance(node.args[0], ast.Constant) and node.args[0].value == "SlicerParameterName"]
+    assert not cleared, "the widget still sets SlicerParameterName at run time"
+
+
 def test_the_device_choices_are_the_engines(ui_widgets):
     """``--device`` takes auto, cuda, mps (an Apple GPU) and cpu (semisupseg/training/devices.py)."""
     assert combo_items(ui_widgets["deviceComboBox"]) == ["auto", "cuda", "mps", "cpu"]
