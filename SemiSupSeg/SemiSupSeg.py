@@ -509,6 +509,8 @@ class SemiSupSegTest(ScriptedLoadableModuleTest, AnnotationLoopChecks):
         self.assertEqual(widget.ui.trainButton.text, "Train")
         parameters.iterations = 1234
         self.assertEqual(widget.ui.iterationsSpinBox.value, 1234)
+        widget.ui.timeBudgetSpinBox.value = 20
+        self.assertEqual(trainingConfig(parameters)["time_budget_min"], 20)
         widget.ui.showUncertaintyCheckBox.checked = False
         self.assertFalse(parameters.showUncertainty)
         widget.ui.deviceComboBox.currentIndex = DEVICES.index("cpu")
