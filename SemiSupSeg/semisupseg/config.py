@@ -82,8 +82,12 @@ DEFAULTS: Dict[str, Any] = {
     # ranked by expected errors (sum of 1 - max_c p_c); 20 mm keeps the top 5 within 5 % of an
     # LA crop (bench_uncertainty_errors: 40 mm boxes covered 18 %). boundary_weight 0: on LA the predicted
     # boundary band holds the uncertainty of every prediction, right or wrong (issue 17).
+    # placement "shell_pieces" cuts the uncertain components into pieces; "error_boxes" takes the
+    # disjoint boxes holding the most expected errors (equal on LA within noise: 1.56x vs 1.58x the
+    # errors of boundary-random boxes; docs/benchmarks.md, uncertainty_errors).
     "regions": {"threshold": 0.5, "max_fraction": 0.02, "min_volume_mm3": 20.0, "max_regions": 50,
-                "boundary_weight": 0.0, "max_extent_mm": 20.0, "density_mm": 6.0},
+                "boundary_weight": 0.0, "max_extent_mm": 20.0, "density_mm": 6.0, "placement": "shell_pieces",
+                "max_class_weight": 10.0},
     # Which cases play which role. Numbers are 1-based positions in dataset.json order.
     "split": {
         "labelled": None,  # N: only the first N labelled cases keep their labels (LA protocol)
