@@ -33,7 +33,10 @@ Strategies (same budget, same seeds):
   3. ``random_boxes``: as 2, the boxes placed uniformly at random inside the volume;
   4. ``uncertain_case``: the candidate with the highest engine case score (not yet fully labelled)
      is fully labelled (MONAI Label's active learning);
-  5. ``random_case``: a random candidate not yet fully labelled is fully labelled.
+  5. ``random_case``: a random candidate not yet fully labelled is fully labelled;
+  6. ``no_review`` (control, not in the issue's list): nothing is reviewed, training goes on the same
+     way. On LA most of the Dice gain of a round comes from the round's training itself; the
+     control measures that part, so the strategies' differences are read against it.
 Region strategies review the whole box of each region (the Slicer Accept region takes the
 uncertain voxels of the box grown by 3 mm; a box is what can be moved to a random place
 unchanged). Cost, cumulative over rounds: voxels reviewed (newly annotated), and voxels edited
@@ -49,10 +52,10 @@ entropy, regions, case score, files), plus about 3 s of annotation (reading and 
 per round. Per seed: start S*t + o + (C+H)*p, then per round and strategy N*t + o + (C+H)*p + 3.
 With S = 60, N = 10, R = 4, C = 6, H = 8 and 2 seeds:
   start  60 x 4.5 + 15 + 14 x 2.5 = 320 s,
-  round  10 x 4.5 + 15 + 14 x 2.5 + 3 = 98 s, x 4 rounds x 5 strategies = 1960 s,
-  total  2 x (320 + 1960) = 4560 s = 76 minutes,
-which leaves a factor 1.5 for a machine shared with other jobs (a step is 1.5 to 3 times slower
-under load). Shared honestly: one start model per seed for all five strategies (they start from
+  round  10 x 4.5 + 15 + 14 x 2.5 + 3 = 98 s, x 4 rounds x 6 strategies (5 + the control) = 2352 s,
+  total  2 x (320 + 2352) = 5344 s = 89 minutes,
+which leaves a factor 1.35 for a machine shared with other jobs. Measured: seed 1337 took 2203 s
+for the start and the five strategies (load average 3 to 4, 2026-11-27), i.e. 37 minutes a seed. Shared honestly: one start model per seed for all five strategies (they start from
 the same predictions), and every candidate's prediction is made once per round and serves both
 the case order and the annotator. These are small numbers: 10 warm iterations per round move the
 model little, so the differences between strategies are small against the noise; the paired
@@ -88,7 +91,7 @@ import bench_common as bc  # noqa: E402
 import bench_la  # noqa: E402
 
 BENCHMARK = "annotation_loop"
-STRATEGIES = ("uncertain_regions", "boundary_random", "random_boxes", "uncertain_case", "random_case")
+STRATEGIES = ("uncertain_regions", "boundary_random", "random_boxes", "uncertain_case", "random_case", "no_review")
 REGION_STRATEGIES = STRATEGIES[:3]
 NOT_ANNOTATED = 255  # the partial label's "not annotated" value (SemiSupSegLib.region_corrections.IGNORE_LABEL)
 PARTIAL_SUFFIX = ".partial.nii.gz"
@@ -366,6 +369,8 @@ def annotate(strategy: str, workspace: Path, run_dir: Path, regions_doc: dict, c
     history.mkdir(parents=True, exist_ok=True)
     fully = [c for c in candidates if (workspace / "labels" / f"{c}.nii.gz").exists()]
     open_cases = [c for c in candidates if c not in fully]
+    if strategy == "no_review":  # the control: training goes on, nothing is reviewed
+        return review
     if strategy in REGION_STRATEGIES:
         if strategy == "uncertain_regions":
             order = [c for c in regions_doc["meta"]["case_order"] if c in open_cases]
@@ -438,66 +443,99 @@ def choose_cases(source: Source, args, seed: int) -> tuple:
 
 
 def run_seed(source: Source, args, seed: int, make_config, device: str) -> List[dict]:
-    """Start model, then every strategy's rounds; returns the per-round rows (also emitted)."""
+    """Start model, then every strategy's rounds; returns the per-round rows (also emitted).
+
+    A strategy that ran to its end with these settings is not run again: its rows, kept in
+    ``<seed folder>/rows.json``, are emitted again (so ``--seeds A,B`` after a finished A runs only
+    B, and ``--strategies X`` adds X to a finished seed). A strategy killed half-way starts again
+    (its label files are of some later round than its first).
+    """
     base = bc.BENCH_DIR / BENCHMARK / f"{source.name}-s{seed}"
-    done = finished_rows(base, args)
-    if done is not None:  # this seed ran to the end with these settings: its records again, nothing retrained
-        bc.log(f"seed {seed}: finished earlier ({base / 'rows.json'}); its {len(done)} records are reused")
-        for rec in done:
-            bc.emit(rec)
-        return done
-    for strategy in STRATEGIES:  # a seed killed half-way: its labels are of some later round, start again
-        shutil.rmtree(base / strategy, ignore_errors=True)
+    done = finished_strategies(base, args)
     candidates, held_out = choose_cases(source, args, seed)
     classes = [int(k) for k in source.labels if int(k) > 0]
     predicted = candidates + held_out
-    started = time.perf_counter()
-    start_ws = make_workspace(base / "start", source, candidates, held_out)
-    start_run = train(start_ws, make_config(args, args.start_iterations, seed), f"start-it{args.start_iterations}", None)
-    regions_doc = predict(start_run, predicted)
-    start_seconds = time.perf_counter() - started
-    start_dice = held_out_dice(start_run, start_ws, held_out, classes)
-    bc.log(f"seed {seed}: start model held-out Dice {np.mean(list(start_dice.values())):.4f} ({start_seconds:.0f} s)")
+    start = None
     rows = []
     for strategy in args.strategies:
-        ws = make_workspace(base / strategy, source, candidates, held_out)
-        previous, doc, dice = start_run, regions_doc, start_dice
-        totals = {"reviewed": 0, "edited": 0, "seconds": start_seconds}
-        rows.append(emit_round(source, args, seed, strategy, 0, Review(), totals, dice, {}, device))
-        for round_index in range(1, args.rounds + 1):
-            t0 = time.perf_counter()
-            review = annotate(strategy, ws, previous, doc, candidates, args,
-                              strategy_rng(seed, strategy, round_index), ws / "history" / f"round{round_index}")
-            t1 = time.perf_counter()
-            run_dir = train(ws, make_config(args, args.round_iterations, seed + round_index), f"round{round_index}",
-                            previous)
-            t2 = time.perf_counter()
-            doc = predict(run_dir, predicted)
-            t3 = time.perf_counter()
-            dice = held_out_dice(run_dir, ws, held_out, classes)
-            totals["reviewed"] += review.reviewed
-            totals["edited"] += review.edited
-            totals["seconds"] += t3 - t0
-            timing = {"annotate_s": round(t1 - t0, 1), "train_s": round(t2 - t1, 1), "predict_s": round(t3 - t2, 1),
-                      "s_per_iteration": iteration_seconds(run_dir),
-                      "s_per_prediction": round(float(np.median(prediction_seconds(run_dir) or [np.nan])), 2)}
-            rows.append(emit_round(source, args, seed, strategy, round_index, review, totals, dice, timing, device))
-            previous = run_dir
-    write_json_atomic(base / "rows.json", {"settings": seed_settings(args), "rows": rows})
+        if strategy in done:
+            bc.log(f"seed {seed}: {strategy} finished earlier ({base / 'rows.json'}); its records are reused")
+            for rec in done[strategy]:
+                bc.emit(rec)
+            rows.extend(done[strategy])
+            continue
+        if start is None:
+            start = start_model(source, args, seed, make_config, base, candidates, held_out, classes)
+        shutil.rmtree(base / strategy, ignore_errors=True)
+        mine = run_strategy(source, args, seed, make_config, device, base, strategy, start, candidates, held_out, classes)
+        rows.extend(mine)
+        done[strategy] = mine
+        write_json_atomic(base / "rows.json", {"settings": seed_settings(args), "strategies": done})
+    return rows
+
+
+@dataclass
+class Start:
+    run: Path
+    regions: dict  # the start model's regions.json (maps of the candidates and held-out cases)
+    dice: Dict[str, float]
+    seconds: float
+
+
+def start_model(source, args, seed, make_config, base, candidates, held_out, classes) -> Start:
+    """The seed's start model (cases 1-4), shared by its strategies, and its predictions."""
+    start_ws = make_workspace(base / "start", source, candidates, held_out)
+    run = train(start_ws, make_config(args, args.start_iterations, seed), f"start-it{args.start_iterations}", None)
+    started = time.perf_counter()
+    regions = predict(run, candidates + held_out)
+    # training seconds from the run's own events: the same figure when a finished start model is reused
+    trained = [e for e in bc.run_events(run) if e.get("event") == "finished" and "iterations" in e]
+    seconds = float(trained[-1].get("total_seconds", trained[-1]["seconds"])) + time.perf_counter() - started
+    dice = held_out_dice(run, start_ws, held_out, classes)
+    bc.log(f"seed {seed}: start model held-out Dice {np.mean(list(dice.values())):.4f} ({seconds:.0f} s)")
+    return Start(run, regions, dice, seconds)
+
+
+def run_strategy(source, args, seed, make_config, device, base, strategy, start: Start, candidates, held_out,
+                 classes) -> List[dict]:
+    ws = make_workspace(base / strategy, source, candidates, held_out)
+    previous, doc = start.run, start.regions
+    totals = {"reviewed": 0, "edited": 0, "seconds": start.seconds}
+    rows = [emit_round(source, args, seed, strategy, 0, Review(), totals, start.dice, {}, device)]
+    for round_index in range(1, args.rounds + 1):
+        t0 = time.perf_counter()
+        review = annotate(strategy, ws, previous, doc, candidates, args,
+                          strategy_rng(seed, strategy, round_index), ws / "history" / f"round{round_index}")
+        t1 = time.perf_counter()
+        run_dir = train(ws, make_config(args, args.round_iterations, seed + round_index), f"round{round_index}",
+                        previous)
+        t2 = time.perf_counter()
+        doc = predict(run_dir, candidates + held_out)
+        t3 = time.perf_counter()
+        dice = held_out_dice(run_dir, ws, held_out, classes)
+        totals["reviewed"] += review.reviewed
+        totals["edited"] += review.edited
+        totals["seconds"] += t3 - t0
+        timing = {"annotate_s": round(t1 - t0, 1), "train_s": round(t2 - t1, 1), "predict_s": round(t3 - t2, 1),
+                  "s_per_iteration": iteration_seconds(run_dir),
+                  "s_per_prediction": round(float(np.median(prediction_seconds(run_dir) or [np.nan])), 2)}
+        rows.append(emit_round(source, args, seed, strategy, round_index, review, totals, dice, timing, device))
+        previous = run_dir
     return rows
 
 
 def seed_settings(args) -> dict:
-    """What makes a finished seed's rows valid for this invocation."""
-    return {**settings_figures(args), "strategies": list(args.strategies), "rounds": args.rounds, "threads": None}
+    """What makes a finished strategy's rows valid for this invocation."""
+    return {**settings_figures(args), "rounds": args.rounds, "threads": None}
 
 
-def finished_rows(base: Path, args) -> Optional[List[dict]]:
+def finished_strategies(base: Path, args) -> Dict[str, List[dict]]:
+    """{strategy: rows} of the strategies of this seed that finished with these settings."""
     path = base / "rows.json"
     if not path.exists():
-        return None
+        return {}
     saved = json.loads(path.read_text())
-    return saved["rows"] if saved.get("settings") == seed_settings(args) else None
+    return dict(saved.get("strategies", {})) if saved.get("settings") == seed_settings(args) else {}
 
 
 def emit_round(source, args, seed, strategy, round_index, review: Review, totals, dice, timing, device) -> dict:
