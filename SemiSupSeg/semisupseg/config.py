@@ -37,7 +37,7 @@ DEFAULTS: Dict[str, Any] = {
     # or at the budget, whichever comes first; a continuous run ends at the budget.
     "time_budget_min": None,
     "seed": 1337,
-    "patch_size": None,  # (x, y, z), multiples of 16 (networks.patch_rule); from the image sizes and spacing
+    "patch_size": None,  # (x, y, z), multiples of 16 (thin slabs: z of 8; networks.patch_rule); from sizes and spacing
     "batch_labelled": None,  # GPU 4, CPU 2
     "batch_unlabelled": None,  # GPU 4, CPU 2; 0 for supervised-only
     "target_spacing": None,  # mm (x, y, z) to resample to; None keeps each image's grid
@@ -177,8 +177,10 @@ def resolve_device(name: str):
 
 def resolve_config(config: dict, device, image_shapes: Sequence, spacings: Sequence) -> dict:
     """Fill every ``None`` from the device and the data; validate ranges."""
+    import numpy as np
+
     from .data.sampling import default_patch_size
-    from .networks import patch_rule
+    from .networks import patch_rule, spacing_options
 
     out = copy.deepcopy(config)
     on_gpu = device.type == "cuda"
@@ -186,12 +188,20 @@ def resolve_config(config: dict, device, image_shapes: Sequence, spacings: Seque
     for key, value in (GPU_DEFAULTS if on_gpu else CPU_DEFAULTS).items():
         if out.get(key) is None:
             out[key] = value
+    # Thin slabs: pooling and kernels follow the median training-grid spacing (networks/
+    # anisotropy.py), written into network_options so config.json rebuilds the same network.
+    # Isotropic data adds nothing: the network (and LA's config.json) stay as they were.
+    if len(spacings):
+        median_spacing = np.median(np.asarray(spacings, dtype=np.float64), axis=0).tolist()
+        out["network_options"] = {**out["network_options"],
+                                  **spacing_options(out["network"], out["network_options"], median_spacing)}
     # The network decides which patches it can take; the automatic patch obeys the same rule,
     # growing past a tiny volume (the sampler pads it) rather than starving the network.
     rule = patch_rule(out["network"], out["network_options"])
     if out["patch_size"] is None:
         out["patch_size"] = list(default_patch_size(
-            image_shapes, spacings, divisor=rule.divisor, on_gpu=on_gpu, min_bottleneck_voxels=rule.min_bottleneck_voxels
+            image_shapes, spacings, divisor=rule.axis_divisors, on_gpu=on_gpu,
+            min_bottleneck_voxels=rule.min_bottleneck_voxels, strides=rule.axis_strides,
         ))
     patch = out["patch_size"]
     problem = rule.problem(patch)

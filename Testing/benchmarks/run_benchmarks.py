@@ -32,13 +32,14 @@ DOC = bc.REPO / "docs" / "benchmarks.md"
 RESULTS = bc.BENCH_DIR / "results"
 
 # Order of the sections; each is Testing/benchmarks/bench_<name>.py.
-BENCHMARKS = ["train_step", "inference", "first_overlay", "la", "uncertainty_errors", "annotation_loop",
+BENCHMARKS = ["train_step", "inference", "first_overlay", "la", "acdc", "uncertainty_errors", "annotation_loop",
               "time_to_quality"]
 TITLES = {
     "train_step": "Training step: iterations/s and peak memory, DyCON vs mean teacher and every method, optimisations",
     "inference": "Inference: seconds per volume (probabilities + entropy, MC dropout)",
     "first_overlay": "Time to the first overlay (train start -> first prediction with entropy maps)",
     "la": "LA2018 development protocol: supervised, mean teacher, DyCON and the companion methods",
+    "acdc": "ACDC development protocol: several classes (RV, myocardium, LV) in thin-slab cine MRI",
     "uncertainty_errors": "Does the uncertainty map find the errors? (AUROC, top-5 regions vs random boxes)",
     "annotation_loop": "Simulated annotator on LA: does correcting the uncertain regions save annotation effort?",
     "time_to_quality": "Time to quality on the CPU: held-out LA Dice after a Train click with a time budget",

@@ -5,6 +5,8 @@ step only slices tensors that are already there: no per-step disk reads, no host
 copies of whole volumes, no data-loader workers. The augmentation of dycon.md "Training step"
 (random crop, foreground-biased for labelled patches, random 90-degree in-plane rotation when
 the in-plane patch is square, random flips of x and y) runs on the batch, on the device.
+Foreground-biased crops are class-aware: with several foreground classes, a class is drawn first
+(uniformly among those the case holds), then one of its voxels, so every class is centred on.
 
 All randomness comes from one CPU ``torch.Generator`` seeded with ``seed`` (plus a device
 generator for the optional noise), so the same seed and the same cases give the same batches.
@@ -28,7 +30,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -55,6 +57,9 @@ class _Volume:
     image: torch.Tensor  # float32 (X, Y, Z) on the storage device
     label: Optional[torch.Tensor]  # uint8 (X, Y, Z) on the storage device, 255 = not annotated
     foreground: np.ndarray  # int64 C-order flat indices of annotated label > 0 (empty when unlabelled)
+    # {class: int64 flat indices of its annotated voxels}, foreground classes present in the volume
+    # (several only for multi-class labels; one class shares ``foreground``'s array)
+    class_voxels: Optional[dict] = None
     # int64 flat indices of the annotated voxels of a partially labelled volume; None when every
     # voxel is annotated (fully labelled) or none is used (unlabelled stream).
     annotated: Optional[np.ndarray] = None
@@ -80,6 +85,11 @@ class PatchSampler:
         fg_fraction: share of labelled patches centred on a random foreground voxel
             (the others are uniform random crops). 0.5 as in dycon.md; 1 makes every labelled
             patch contain foreground (for cases that have any).
+        class_aware: a foreground-centred patch first draws one of the foreground classes present
+            in the chosen case (uniformly), then one of that class's voxels, so a small class (the
+            thin myocardium, a lesion beside an organ) is centred as often as a large one instead
+            of in proportion to its voxel count. With one foreground class nothing changes (no
+            extra random draw: the same batches as without it).
         rotate90: random k * 90 degree rotation in the (x, y) plane (only when patch x == y).
         flip: random flip of x and of y, each with p = 0.5.
         noise: standard deviation of Gaussian noise added to all image patches (None: off).
@@ -105,6 +115,7 @@ class PatchSampler:
         flip: bool = True,
         noise: Optional[float] = None,
         unlabelled_stream: bool = True,
+        class_aware: bool = True,
     ):
         if len(patch_size) != 3 or min(int(p) for p in patch_size) < 1:
             raise ValueError(f"patch_size must be three positive integers, got {patch_size}")
@@ -117,6 +128,7 @@ class PatchSampler:
         self.flip = bool(flip)
         self.noise = float(noise) if noise else None
         self.unlabelled_stream = bool(unlabelled_stream)
+        self.class_aware = bool(class_aware)
         self.generator = torch.Generator().manual_seed(int(seed))
         self._noise_generator = (
             torch.Generator(device=self.device).manual_seed(int(seed) + 1) if self.noise else None
@@ -242,6 +254,7 @@ class PatchSampler:
             label=label,
             foreground=foreground,
             annotated=annotated,
+            class_voxels=_class_voxels(label_arr, foreground) if with_label else None,
         )
 
     # --------------------------------------------------------------- sampling
@@ -285,10 +298,19 @@ class PatchSampler:
         around a random annotated voxel of a partially labelled volume; else uniform."""
         limits = [size - patch for size, patch in zip(volume.shape, self.patch_size)]
         if foreground and volume.foreground.size:
-            return self._start_around(volume, volume.foreground, limits)
+            return self._start_around(volume, self._foreground_choices(volume), limits)
         if volume.partial:
             return self._start_around(volume, volume.annotated, limits)
         return tuple(self._randint(limit + 1, 1)[0] for limit in limits)
+
+    def _foreground_choices(self, volume: _Volume) -> np.ndarray:
+        """The voxels a foreground-centred patch is drawn from: those of one class drawn uniformly
+        among the volume's foreground classes (class-aware), or every foreground voxel."""
+        classes = volume.class_voxels
+        if not self.class_aware or not classes or len(classes) < 2:
+            return volume.foreground
+        present = sorted(classes)
+        return classes[present[self._randint(len(present), 1)[0]]]
 
     def _start_around(self, volume: _Volume, flat_indices: np.ndarray, limits: List[int]) -> Tuple[int, int, int]:
         """Crop corner of a patch holding one of ``flat_indices`` (chosen at random)."""
@@ -352,6 +374,18 @@ class PatchSampler:
         return float(torch.rand((), generator=self.generator))
 
 
+def _class_voxels(label: np.ndarray, foreground: np.ndarray) -> dict:
+    """{class: flat indices} of the foreground voxels (``foreground``: flat indices of annotated
+    label > 0), for the classes present; one class reuses ``foreground`` (no copy)."""
+    values = label.ravel()[foreground]
+    present = np.unique(values)
+    if present.size <= 1:
+        return {int(c): foreground for c in present}
+    order = np.argsort(values, kind="stable")
+    bounds = np.searchsorted(values[order], present, side="left").tolist() + [order.size]
+    return {int(c): foreground[order[bounds[i]:bounds[i + 1]]] for i, c in enumerate(present)}
+
+
 def _padded_voxels(shape: Sequence[int], patch: Sequence[int]) -> int:
     return int(np.prod([max(s, p) for s, p in zip(shape, patch)]))
 
@@ -371,15 +405,22 @@ def _crop(volume: torch.Tensor, start: Sequence[int], patch: Sequence[int]) -> t
 def default_patch_size(
     shapes: Sequence[Sequence[int]],
     spacings: Sequence[Sequence[float]],
-    divisor: int = 16,
+    divisor: Union[int, Sequence[int]] = 16,
     max_voxels: Optional[int] = None,
     on_gpu: bool = False,
     min_bottleneck_voxels: int = 2,
+    strides: Optional[Sequence[int]] = None,
 ) -> PatchSize:
     """A patch size (x, y, z) for volumes of these training-grid shapes and spacings (mm).
 
-    1. ``cap`` = the median shape rounded *up* to a multiple of ``divisor``: a patch never
-       needs to be larger than the typical volume.
+    ``divisor`` is one number or one per axis (a network planned for thin slabs pools the slice
+    axis fewer times: 16, 16, 8); below, "multiple of ``divisor``" is per axis. ``strides``: what
+    one bottleneck voxel spans per axis (default: the divisors), for rule 6.
+
+    1. ``cap`` = the median shape rounded to the nearest multiple of ``divisor`` (halves up, at
+       least ``divisor``): a patch never needs to be larger than the typical volume, and the
+       typical volume is padded by less than half a divisor (a 9-slice cine MRI with z divisor
+       8 gets 8 slices, not 16 of which 7 would be padding the network computes on).
     2. If ``cap`` fits the budget (``max_voxels``, default ``GPU_PATCH_VOXELS`` or
        ``CPU_PATCH_VOXELS``) it is the answer.
     3. Otherwise aim at a physically isotropic patch (a cube in mm, so a coarse axis gets fewer
@@ -395,42 +436,53 @@ def default_patch_size(
        the sampler and the sliding window pad them.
 
     Example: LA (about 183 x 140 x 88, 0.625 mm isotropic) gives 96 x 96 x 96 on a GPU and
-    64 x 64 x 48 on a CPU; 256 x 256 x 30 at 0.8 x 0.8 x 5 mm gives 176 x 176 x 32 on a GPU.
+    64 x 64 x 48 on a CPU; 256 x 256 x 30 at 0.8 x 0.8 x 5 mm gives 176 x 176 x 32 on a GPU;
+    ACDC (about 232 x 256 x 9 at 1.5 x 1.5 x 5 mm) with divisors 16, 16, 8 gives 144 x 144 x 8
+    on a CPU (z capped at the median 9 slices rounded to 8; the budget goes in-plane).
     """
     if not shapes:
         raise ValueError("default_patch_size needs at least one volume shape")
+    d = [int(divisor)] * 3 if isinstance(divisor, (int, np.integer)) else [int(v) for v in divisor]
     budget = int(max_voxels or (GPU_PATCH_VOXELS if on_gpu else CPU_PATCH_VOXELS))
     median_shape = np.median(np.asarray(shapes, dtype=np.float64), axis=0)
     spacing = np.median(np.asarray(spacings, dtype=np.float64), axis=0)
-    cap = [max(divisor, int(math.ceil(s / divisor)) * divisor) for s in median_shape]
+    cap = [max(da, _nearest_multiple(s, da)) for s, da in zip(median_shape, d)]
+    cells = list(strides) if strides is not None else d
     if math.prod(cap) <= budget:
-        return _grown_to_network_minimum(cap, spacing, divisor, min_bottleneck_voxels)
-    patch = [max(divisor, min(c, int(round(v / divisor)) * divisor)) for v, c in zip(_isotropic_patch(cap, spacing, budget), cap)]
-    _shrink_to_budget(patch, spacing, budget, divisor)
-    _grow_within_budget(patch, cap, spacing, budget, divisor, axes=(0, 1, 2))
+        return _grown_to_network_minimum(cap, spacing, d, min_bottleneck_voxels, cells)
+    patch = [max(da, min(c, int(round(v / da)) * da)) for v, c, da in zip(_isotropic_patch(cap, spacing, budget), cap, d)]
+    _shrink_to_budget(patch, spacing, budget, d)
+    _grow_within_budget(patch, cap, spacing, budget, d, axes=(0, 1, 2))
     if np.isclose(spacing[0], spacing[1], rtol=0.01) and patch[0] != patch[1]:
         high = max(patch[0], patch[1])
         if high <= min(cap[0], cap[1]) and math.prod([high, high, patch[2]]) <= budget:
             patch[0] = patch[1] = high
         else:
             patch[0] = patch[1] = min(patch[0], patch[1])
-            _grow_within_budget(patch, cap, spacing, budget, divisor, axes=(2,))
-    return _grown_to_network_minimum(patch, spacing, divisor, min_bottleneck_voxels)
+            _grow_within_budget(patch, cap, spacing, budget, d, axes=(2,))
+    return _grown_to_network_minimum(patch, spacing, d, min_bottleneck_voxels, cells)
 
 
-def _grown_to_network_minimum(patch: Sequence[int], spacing: np.ndarray, divisor: int, min_cells: int) -> PatchSize:
-    """``patch`` grown by ``divisor`` steps until ``prod(patch // divisor) >= min_cells``.
+def _nearest_multiple(value: float, divisor: int) -> int:
+    """``value`` rounded to the nearest multiple of ``divisor``, halves up (24 -> 32 for 16)."""
+    return int(math.floor(value / divisor + 0.5)) * divisor
+
+
+def _grown_to_network_minimum(
+    patch: Sequence[int], spacing: np.ndarray, d: Sequence[int], min_cells: int, strides: Sequence[int]
+) -> PatchSize:
+    """``patch`` grown by ``d`` steps (per axis) until ``prod(patch // strides) >= min_cells``.
 
     The physically shortest axis grows (ties: z first); when x and y share a spacing they grow
     together, keeping the in-plane patch square for the 90-degree rotations.
     """
     patch = [int(p) for p in patch]
     square = bool(np.isclose(spacing[0], spacing[1], rtol=0.01)) and patch[0] == patch[1]
-    while math.prod(p // divisor for p in patch) < min_cells:
+    while math.prod(p // s for p, s in zip(patch, strides)) < min_cells:
         axis = min(range(3), key=lambda a: (patch[a] * spacing[a], -a))
         grow = (0, 1) if square and axis < 2 else (axis,)
         for a in grow:
-            patch[a] += divisor
+            patch[a] += d[a]
     return tuple(patch)
 
 
@@ -449,22 +501,22 @@ def _isotropic_patch(cap: Sequence[int], spacing: np.ndarray, budget: int) -> Li
     return [clipped[a] if a in clipped else edge / spacing[a] for a in range(3)]
 
 
-def _shrink_to_budget(patch: List[int], spacing: np.ndarray, budget: int, divisor: int) -> None:
+def _shrink_to_budget(patch: List[int], spacing: np.ndarray, budget: int, d: Sequence[int]) -> None:
     while math.prod(patch) > budget:
-        candidates = [a for a in range(3) if patch[a] > divisor]
+        candidates = [a for a in range(3) if patch[a] > d[a]]
         if not candidates:
             return
-        axis = max(candidates, key=lambda a: ((patch[a] - divisor) * spacing[a], a))
-        patch[axis] -= divisor
+        axis = max(candidates, key=lambda a: ((patch[a] - d[a]) * spacing[a], a))
+        patch[axis] -= d[axis]
 
 
-def _grow_within_budget(patch, cap, spacing, budget: int, divisor: int, axes) -> None:
+def _grow_within_budget(patch, cap, spacing, budget: int, d: Sequence[int], axes) -> None:
     while True:
         candidates = [
             a for a in axes
-            if patch[a] + divisor <= cap[a] and math.prod(patch) // patch[a] * (patch[a] + divisor) <= budget
+            if patch[a] + d[a] <= cap[a] and math.prod(patch) // patch[a] * (patch[a] + d[a]) <= budget
         ]
         if not candidates:
             return
         axis = min(candidates, key=lambda a: (patch[a] * spacing[a], a))
-        patch[axis] += divisor
+        patch[axis] += d[axis]

@@ -154,8 +154,20 @@ def _describe(piece: "_Piece", maps: "_Maps", reference, voxel_mm3: float, spaci
         "mean_uncertainty": float(u.mean()),
         "sum_uncertainty": float(u.sum()),
         "predicted_class": int(np.bincount(labels.astype(np.int64)).argmax()),
+        # The structure the region is about (several classes): the foreground class predicted on
+        # most of its voxels, else on most of its bounding box (an uncertain band beside an organ
+        # is mostly background); 0 when no foreground is predicted there (a possibly missed one).
+        "about_class": _about_class(labels, maps.labels[box]),
         "boundary_fraction": float(in_band.mean()),
     }
+
+
+def _about_class(region_labels: np.ndarray, box_labels: np.ndarray) -> int:
+    for labels in (region_labels, box_labels):
+        counts = np.bincount(labels.astype(np.int64).ravel())
+        if counts.size > 1 and counts[1:].any():
+            return int(counts[1:].argmax() + 1)
+    return 0
 
 
 class _Maps:

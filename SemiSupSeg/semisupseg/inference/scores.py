@@ -23,7 +23,7 @@ from scipy import ndimage
 
 from ..errors import InputError
 
-__all__ = ["case_score", "rank_cases", "RANKING_ORDERS", "UNCERTAIN_LEVEL"]
+__all__ = ["case_score", "class_scores", "rank_cases", "RANKING_ORDERS", "UNCERTAIN_LEVEL"]
 
 UNCERTAIN_LEVEL = 0.5  # normalised entropy above which a voxel always counts (p_max < ~0.89 for C = 2)
 RANKING_ORDERS = ("uncertainty", "random", "least_recently_labelled")
@@ -56,6 +56,38 @@ def case_score(
     if not region.any():
         return 0.0
     return float(u[region].mean())
+
+
+def class_scores(
+    uncertainty: np.ndarray,
+    labelmap: np.ndarray,
+    num_classes: int,
+    boundary_width: int = 2,
+) -> dict:
+    """Which structure a case is uncertain about: one score per predicted foreground class.
+
+        region_c = dilate({v : labelmap(v) = c}, boundary_width)
+        score_c  = mean of u over region_c
+
+    uncertainty: (x, y, z) float in [0, 1]; labelmap: (x, y, z) int in [0, num_classes).
+    Returns ``{c: score_c}`` for every class c >= 1 that is predicted somewhere (a class never
+    predicted has no region, so no entry: "not predicted" is not "confidently predicted"). With
+    several classes, ``case_score`` says *whether* to look at a case and this says *at what*.
+    """
+    u = np.asarray(uncertainty, dtype=np.float64)
+    lab = np.asarray(labelmap)
+    if u.shape != lab.shape:
+        raise ValueError(f"uncertainty {u.shape} and labelmap {lab.shape} must have the same shape")
+    structure = np.ones((3,) * lab.ndim, dtype=bool)
+    scores = {}
+    for c in range(1, int(num_classes)):
+        region = lab == c
+        if not region.any():
+            continue
+        if boundary_width > 0:
+            region = ndimage.binary_dilation(region, structure=structure, iterations=int(boundary_width))
+        scores[c] = float(u[region].mean())
+    return scores
 
 
 def rank_cases(

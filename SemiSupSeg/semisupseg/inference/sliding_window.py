@@ -2,7 +2,8 @@
 
 ``predict_probabilities`` runs every network over overlapping patches, averages their softmax,
 and blends the windows with Gaussian weights (MONAI ``sliding_window_inference``,
-``mode="gaussian"``; MONAI pads volumes smaller than the patch and crops the result back).
+``mode="gaussian"``; MONAI pads volumes smaller than the patch, with the volume's minimum as the
+training sampler does, and crops the result back).
 
 Memory: the blended output (C channels plus MONAI's count map) is kept on ``device`` when it fits
 in the free GPU memory; otherwise the windows still run on the GPU but are stitched on the CPU
@@ -138,6 +139,10 @@ def _run_windows(volume, predictor, patch_size, overlap, sw_batch_size, sw_devic
         mode="gaussian",
         sw_device=sw_device,
         device=stitch_device,
+        # A volume smaller than the window is padded as the training sampler pads it (with the
+        # image minimum, data/sampling.py): MONAI's default 0 is the z-scored mean, a grey slab
+        # the network never saw (issue 19: ~9-slice cine MRI in 16-slice windows).
+        cval=float(volume.min()) if volume.numel() else 0.0,
     )
     return torch.as_tensor(out)[0]
 

@@ -12,11 +12,12 @@ from __future__ import annotations
 import inspect
 import math
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 from torch import nn
 
 from ..errors import InputError
+from .anisotropy import spacing_options
 from .resnet_vnet import ResNetVNet
 from .unet3d import UNet3D
 from .vnet import VNet
@@ -47,18 +48,36 @@ class PatchRule:
     ``prod(p // divisor) >= min_bottleneck_voxels`` (a normalised bottleneck needs more than
     one voxel). The smallest accepted patches are the ones with a single axis at
     ``2 * divisor`` when ``min_bottleneck_voxels`` is 2, e.g. 32 x 16 x 16 for ``unet3d``.
+
+    A network planned for thin slabs (``networks/anisotropy.py``) has per-axis ``divisors``
+    (e.g. 16, 16, 8: z is pooled three times) and ``strides`` (the total pooling per axis, what
+    one bottleneck voxel spans); ``divisor`` is then the largest of them. Both default to
+    ``divisor`` on every axis.
     """
 
     network: str
     divisor: int
     min_bottleneck_voxels: int
+    divisors: Optional[Tuple[int, int, int]] = None
+    strides: Optional[Tuple[int, int, int]] = None
+
+    @property
+    def axis_divisors(self) -> Tuple[int, int, int]:
+        return tuple(self.divisors) if self.divisors else (self.divisor,) * 3
+
+    @property
+    def axis_strides(self) -> Tuple[int, int, int]:
+        return tuple(self.strides) if self.strides else self.axis_divisors
+
+    def bottleneck_voxels(self, patch: Sequence[int]) -> int:
+        return math.prod(int(p) // s for p, s in zip(patch, self.axis_strides))
 
     def smallest_patch(self) -> tuple:
         """One of the smallest accepted patches (z grows first, keeping x = y)."""
-        patch = [self.divisor] * 3
+        patch = list(self.axis_divisors)
         axis = 2
-        while math.prod(p // self.divisor for p in patch) < self.min_bottleneck_voxels:
-            patch[axis] += self.divisor
+        while self.bottleneck_voxels(patch) < self.min_bottleneck_voxels:
+            patch[axis] += self.axis_divisors[axis]
             axis = (axis + 2) % 3  # z, y, x, z, ...
         return tuple(patch)
 
@@ -69,20 +88,29 @@ class PatchRule:
             whole = len(values) == 3 and all(float(p) == v for p, v in zip(patch, values))
         except (TypeError, ValueError):
             whole = False
-        if not whole or any(v <= 0 or v % self.divisor for v in values):
+        divisors = self.axis_divisors
+        if not whole or any(v <= 0 or v % d for v, d in zip(values, divisors)):
+            if len(set(divisors)) == 1:
+                return (
+                    f"patch_size {list(patch) if isinstance(patch, (list, tuple)) else patch} must be three positive "
+                    f"multiples of {self.divisor} (x, y, z): network '{self.network}' halves the patch four times."
+                )
             return (
-                f"patch_size {list(patch) if isinstance(patch, (list, tuple)) else patch} must be three positive "
-                f"multiples of {self.divisor} (x, y, z): network '{self.network}' halves the patch four times."
+                f"patch_size {list(patch) if isinstance(patch, (list, tuple)) else patch} must be positive multiples "
+                f"of {list(divisors)} (x, y, z): network '{self.network}', planned for this voxel spacing, pools "
+                "each axis that many times (a thick-slice axis fewer times)."
             )
-        cells = math.prod(v // self.divisor for v in values)
+        cells = self.bottleneck_voxels(values)
         if cells < self.min_bottleneck_voxels:
-            bottleneck = "x".join(str(v // self.divisor) for v in values)
+            bottleneck = "x".join(str(v // s) for v, s in zip(values, self.axis_strides))
             smallest = list(self.smallest_patch())
+            strides = self.axis_strides
+            fraction = f"1/{strides[0]}" if len(set(strides)) == 1 else " x ".join(f"1/{v}" for v in strides)
             return (
                 f"patch_size {values} is too small for network '{self.network}': its normalised bottleneck "
-                f"(1/{self.divisor} of the patch) would be {bottleneck} voxel(s), and it needs at least "
+                f"({fraction} of the patch) would be {bottleneck} voxel(s), and it needs at least "
                 f"{self.min_bottleneck_voxels}. The smallest patch it supports is {smallest} "
-                "(in any axis order)."
+                + ("(in any axis order)." if len(set(strides)) == 1 else "(x, y, z).")
             )
         return None
 
@@ -93,7 +121,15 @@ def patch_rule(name: str, options: Optional[dict] = None) -> PatchRule:
     if name not in NETWORKS:
         raise InputError(f"Unknown network '{name}'.", f"Valid networks: {', '.join(sorted(NETWORKS))}.")
     factory = NETWORKS[name]
-    return PatchRule(name, int(factory.size_divisor), int(factory.min_bottleneck_voxels(**dict(options or {}))))
+    options = dict(options or {})
+    minimum = int(factory.min_bottleneck_voxels(**options))
+    if not hasattr(factory, "size_divisors"):
+        return PatchRule(name, int(factory.size_divisor), minimum)
+    divisors = tuple(int(d) for d in factory.size_divisors(**options))
+    strides = tuple(int(s) for s in factory.bottleneck_strides(**options))
+    if len(set(divisors)) == 1 and divisors == strides:
+        return PatchRule(name, divisors[0], minimum)  # isotropic: the plain rule
+    return PatchRule(name, max(divisors), minimum, divisors, strides)
 
 
 def enable_mc_dropout(model: nn.Module) -> nn.Module:
@@ -114,6 +150,6 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 
 
 __all__ = [
-    "NETWORKS", "PatchRule", "build_network", "patch_rule", "enable_mc_dropout", "count_parameters",
+    "NETWORKS", "PatchRule", "build_network", "patch_rule", "enable_mc_dropout", "count_parameters", "spacing_options",
     "UNet3D", "VNet", "ResNetVNet",
 ]

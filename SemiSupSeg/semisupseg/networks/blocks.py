@@ -10,7 +10,7 @@ written in plain torch.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -31,16 +31,21 @@ def conv_unit(
     in_channels: int,
     out_channels: int,
     norm: Optional[str] = "INSTANCE",
-    kernel_size: int = 3,
+    kernel_size: Union[int, Sequence[int]] = 3,
     stride: int = 1,
     transposed: bool = False,
 ) -> Convolution:
     """One convolution (with bias) followed by ``norm`` (MONAI name or None) and ReLU.
 
     kernel 3 / stride 1 keeps the size (padding 1); kernel 2 / stride 2 halves it (or doubles it
-    when ``transposed``) without padding.
+    when ``transposed``) without padding. A per-axis kernel such as (3, 3, 1) (an in-plane
+    convolution for thick slices) is padded per axis, (1, 1, 0), and keeps the size too.
     """
-    padding = (kernel_size - 1) // 2 if stride == 1 else 0
+    if isinstance(kernel_size, int):
+        padding = (kernel_size - 1) // 2 if stride == 1 else 0
+    else:
+        kernel_size = tuple(int(k) for k in kernel_size)
+        padding = tuple((k - 1) // 2 for k in kernel_size) if stride == 1 else 0
     return Convolution(
         spatial_dims=3,
         in_channels=in_channels,
@@ -56,9 +61,14 @@ def conv_unit(
     )
 
 
-def conv_stage(n_convs: int, in_channels: int, out_channels: int, norm: Optional[str]) -> nn.Sequential:
-    """``n_convs`` 3x3x3 conv units in a row, the first one changing the channel count."""
-    units = [conv_unit(in_channels if i == 0 else out_channels, out_channels, norm) for i in range(n_convs)]
+def conv_stage(
+    n_convs: int, in_channels: int, out_channels: int, norm: Optional[str], kernel_size: Union[int, Sequence[int]] = 3
+) -> nn.Sequential:
+    """``n_convs`` conv units (3x3x3 by default) in a row, the first one changing the channel count."""
+    units = [
+        conv_unit(in_channels if i == 0 else out_channels, out_channels, norm, kernel_size=kernel_size)
+        for i in range(n_convs)
+    ]
     return nn.Sequential(*units)
 
 
@@ -68,6 +78,10 @@ class ProjectionHead(nn.Module):
     ``(B, C_in, X/16, Y/16, Z/16)`` -> trilinear x2 upsampling (``align_corners=True``) ->
     1x1x1 conv C_in->hidden (bias) -> BatchNorm -> ReLU -> 1x1x1 conv hidden->out -> BatchNorm
     -> ``(B, out, X/8, Y/8, Z/8)``. No final activation and no L2 normalisation (the loss does it).
+    ``forward(features, size)``: trilinear resizing to ``size`` instead of x2 (a network that pools
+    a thick-slice axis fewer times has a bottleneck at Z/8, which then stays as it is); with
+    ``align_corners=True`` the sampling grid depends only on the two sizes, so ``size = 2 x``
+    the bottleneck is exactly the x2 upsampling.
     """
 
     def __init__(self, in_channels: int, hidden: int = 512, out_channels: int = 256):
@@ -80,8 +94,11 @@ class ProjectionHead(nn.Module):
             nn.BatchNorm3d(out_channels),
         )
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        upsampled = F.interpolate(features, scale_factor=2, mode="trilinear", align_corners=True)
+    def forward(self, features: torch.Tensor, size: Optional[Sequence[int]] = None) -> torch.Tensor:
+        if size is None:
+            upsampled = F.interpolate(features, scale_factor=2, mode="trilinear", align_corners=True)
+        else:
+            upsampled = F.interpolate(features, size=tuple(int(s) for s in size), mode="trilinear", align_corners=True)
         return self.layers(upsampled)
 
 
@@ -103,15 +120,18 @@ def init_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-def check_spatial_size(x: torch.Tensor, divisor: int, network: str) -> None:
-    """Raise ``ValueError`` unless ``x`` is ``(B, C, X, Y, Z)`` with X, Y, Z divisible by ``divisor``."""
+def check_spatial_size(x: torch.Tensor, divisor: Union[int, Sequence[int]], network: str) -> None:
+    """Raise ``ValueError`` unless ``x`` is ``(B, C, X, Y, Z)`` with X, Y, Z divisible by ``divisor``
+    (one number for every axis, or one per axis)."""
     if x.dim() != 5:
         raise ValueError(f"{network} expects a 5-D input (B, C, X, Y, Z); got shape {tuple(x.shape)}.")
-    bad = [s for s in x.shape[2:] if s % divisor]
+    divisors = (int(divisor),) * 3 if isinstance(divisor, int) else tuple(int(d) for d in divisor)
+    bad = [s for s, d in zip(x.shape[2:], divisors) if s % d]
     if bad:
+        shown = divisors[0] if len(set(divisors)) == 1 else "x".join(map(str, divisors))
         raise ValueError(
-            f"{network} needs every spatial size divisible by {divisor} (it downsamples 4 times); "
-            f"got {tuple(x.shape[2:])}. Pad or crop the input to a multiple of {divisor}."
+            f"{network} needs every spatial size divisible by {shown} (it downsamples 4 times); "
+            f"got {tuple(x.shape[2:])}. Pad or crop the input to a multiple of {shown}."
         )
 
 
