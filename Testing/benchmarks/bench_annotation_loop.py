@@ -547,12 +547,26 @@ def emit_round(source, args, seed, strategy, round_index, review: Review, totals
         cum_reviewed_voxels=totals["reviewed"], cum_edited_voxels=totals["edited"],
         reviewed_voxels=review.reviewed, edited_voxels=review.edited, reviewed_cases=",".join(review.cases),
         boxes=review.boxes, fallback_placements=review.fallback_placements,
-        wall_s=round(totals["seconds"], 1), **timing, **settings_figures(args),
+        wall_s=round(totals["seconds"], 1), **timing, **settings_figures(args), engine=args.engine_version,
     )
     bc.emit(rec)
     bc.log(f"s{seed} {strategy} round {round_index}: Dice {rec['held_out_dice']:.4f}, reviewed {totals['reviewed']}, "
            f"edited {totals['edited']}")
     return rec
+
+
+def engine_version() -> str:
+    """The engine's commit, '+changes' when its files differ from it (others edit it while a benchmark runs;
+    this process imports it once, at its start)."""
+    import subprocess
+
+    def git(*argv) -> str:
+        done = subprocess.run(["git", "-C", str(bc.REPO), *argv], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              text=True)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    return commit + (" +changes" if git("status", "--porcelain", "--", "SemiSupSeg/semisupseg") else "")
 
 
 def settings_figures(args) -> dict:
@@ -707,6 +721,7 @@ def parse_args(argv=None):
         args.candidates, args.held_out, args.cases_per_round = 4, 2, 1
         args.measure_iterations = 2
     args.method = args.method or "dycon"
+    args.engine_version = engine_version()
     return args
 
 
