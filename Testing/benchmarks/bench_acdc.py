@@ -48,6 +48,8 @@ def parse_args(argv=None):
     p.add_argument("--labelled", default="14", help="labelled volume counts, comma-separated (14 or 8)")
     p.add_argument("--time-budget", type=float, default=20.0, help="minutes per run, final prediction included")
     p.add_argument("--iterations", type=int, help="stop at this many iterations (default: only the time budget)")
+    p.add_argument("--schedule", default="constant", choices=["constant", "poly"],
+                   help="learning-rate schedule (poly needs --iterations: it decays to 0 at the last one)")
     p.add_argument("--patch", help="patch x,y,z (default: the engine's automatic patch, recorded in the row)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--seed", type=int, default=bl.DEFAULT_SEED, help="training seed")
@@ -87,6 +89,7 @@ def run_config(method: str, labelled: int, args) -> dict:
         "device": args.device,
         "seed": args.seed,
         "patch_size": [int(v) for v in args.patch.split(",")] if args.patch else None,
+        "optimizer": {"schedule": args.schedule},
         "batch_labelled": s["batch_labelled"],
         "batch_unlabelled": s["batch_unlabelled"] if method != "supervised" else 0,
         "split": {"labelled": labelled, "unlabelled": f"{labelled + 1}-{UNLABELLED_END}",
@@ -100,7 +103,8 @@ def run_config(method: str, labelled: int, args) -> dict:
 def run_id_for(method: str, labelled: int, args) -> str:
     its = f"-it{args.iterations}" if args.iterations else ""
     patch = f"-p{args.patch.replace(',', 'x')}" if args.patch else ""
-    return f"cpu-l{labelled}-{method}-b{args.time_budget:g}min{its}{patch}{bl.seed_suffix(args.seed, '-')}"
+    schedule = "-poly" if args.schedule == "poly" else ""
+    return f"cpu-l{labelled}-{method}-b{args.time_budget:g}min{its}{patch}{schedule}{bl.seed_suffix(args.seed, '-')}"
 
 
 def evaluate_held_out(run_dir: Path, truth_dir: Path, ids: list) -> dict:
@@ -153,7 +157,7 @@ def train_and_score(workspace: Path, truth_dir: Path, method: str, labelled: int
     ids = bl.case_ids(workspace, *HELD_OUT)
     figures = class_figures(evaluate_held_out(run_dir, truth_dir, ids))
     key = (f"cpu|held_out|l{labelled}|{method}|budget{args.time_budget:g}|it{args.iterations or 'budget'}|"
-           f"patch {args.patch or 'auto'}{bl.seed_suffix(args.seed, '|')}")
+           f"patch {args.patch or 'auto'}|{args.schedule}{bl.seed_suffix(args.seed, '|')}")
     bc.emit(bc.record(
         BENCHMARK, "cpu_held_out", key, device,
         method=method, labelled=labelled, group=f"held_out ({HELD_OUT[0]}-{HELD_OUT[1]})", run=run_id,
@@ -163,6 +167,7 @@ def train_and_score(workspace: Path, truth_dir: Path, method: str, labelled: int
         patch_batch=f"{saved['batch_labelled']}+{saved['batch_unlabelled']}",
         threads=bl.trained_threads(events, args.threads or "default"),
         iterations=finished.get("iterations"),
+        schedule=saved["optimizer"]["schedule"],
         run_seconds=round(float(finished.get("total_seconds", finished.get("seconds", 0.0))), 1),
         stopped_by=finished.get("stopped_by"),
         final_loss=round(float(losses.get("loss", float("nan"))), 3),
@@ -181,6 +186,9 @@ def main(argv=None) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if args.quick:
         args.iterations, methods = 4, ["supervised"]
+    if args.schedule == "poly" and not args.iterations:
+        bc.log("--schedule poly needs --iterations (a run that ends only at its time budget has no end to decay to)")
+        return 2
     workspace = acdc_workspace(root)
     for labelled in [int(v) for v in args.labelled.split(",")]:
         for method in methods:
