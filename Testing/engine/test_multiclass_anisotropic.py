@@ -303,3 +303,28 @@ def test_a_region_says_which_class_it_is_about():
     band, lonely = by_place[(24, 33)], by_place[(2, 30)]
     assert band["about_class"] == 2 and lonely["about_class"] == 0
     assert lonely["predicted_class"] == 0
+
+
+class _WindowMean(torch.nn.Module):
+    """Logits (0, mean of the whole window): what a window-normalised network sees of the padding."""
+
+    def forward(self, x):
+        mean = x.mean(dim=(1, 2, 3, 4), keepdim=True).expand(-1, 1, *x.shape[2:])
+        return torch.cat([torch.zeros_like(mean), mean], dim=1)
+
+
+def test_sliding_window_pads_thin_slabs_like_the_sampler():
+    """A 6-slice volume in an 8-slice window: the window is padded with the volume's minimum, as
+    the sampler pads training patches (``_pad_to``), not with 0. Image: -1 everywhere, 1 in the
+    middle voxel; its windows padded with -1 have mean -1 + 2 / 512, padded with 0 they would have
+    mean (-6 * 64 + 2) / 512."""
+    from semisupseg.data.sampling import _pad_to
+    from semisupseg.inference.sliding_window import predict_probabilities
+
+    image = -np.ones((8, 8, 6), np.float32)
+    image[4, 4, 3] = 1.0
+    probs, _ = predict_probabilities([_WindowMean()], image, (8, 8, 8), num_classes=2, overlap=0.0)
+    window = _pad_to(image, (8, 8, 8), float(image.min()))
+    expected = torch.sigmoid(torch.tensor(float(window.mean())))  # softmax of (0, m) for class 1
+    torch.testing.assert_close(probs[1], torch.full((8, 8, 6), float(expected)), rtol=0, atol=1e-6)
+    assert float(window.mean()) == pytest.approx(-1 + 2 / 512)
