@@ -157,7 +157,7 @@ def train_and_score(workspace: Path, truth_dir: Path, method: str, labelled: int
     ids = bl.case_ids(workspace, *HELD_OUT)
     figures = class_figures(evaluate_held_out(run_dir, truth_dir, ids))
     key = (f"cpu|held_out|l{labelled}|{method}|budget{args.time_budget:g}|it{args.iterations or 'budget'}|"
-           f"patch {args.patch or 'auto'}|{args.schedule}{bl.seed_suffix(args.seed, '|')}")
+           f"patch {args.patch or 'auto'}{'|poly' if args.schedule == 'poly' else ''}{bl.seed_suffix(args.seed, '|')}")
     bc.emit(bc.record(
         BENCHMARK, "cpu_held_out", key, device,
         method=method, labelled=labelled, group=f"held_out ({HELD_OUT[0]}-{HELD_OUT[1]})", run=run_id,
