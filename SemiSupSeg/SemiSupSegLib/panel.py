@@ -22,31 +22,82 @@ from typing import Callable, Optional, Sequence
 # tests load it next to stand-ins for qt and slicer).
 
 # The network the panel trains (the engine's default, semisupseg.config.DEFAULTS["network"]) and
-# its patch rule (semisupseg.networks.patch_rule("unet3d")): every axis a positive multiple of 16
-# (four halvings) and at least 2 voxels in the instance-normalised 1/16 bottleneck, so 16^3 is
-# refused. Copied as numbers because importing the engine's networks imports torch; a test checks
-# that both agree.
+# its patch rule (semisupseg.networks.patch_rule("unet3d", network_options)). Copied as numbers and
+# a few lines because importing the engine's networks imports torch; a test checks that both agree.
+# Isotropic data: every axis a positive multiple of 16 (four halvings) and at least 2 voxels in the
+# instance-normalised 1/16 bottleneck, so 16^3 is refused. Thin slabs (issue 19): the engine plans
+# the pooling from the median spacing (networks/anisotropy.py) and a thick-slice axis is pooled
+# fewer times, so ACDC (1.5, 1.5, 5 mm) takes multiples of 16, 16 and 8 (e.g. 144 x 144 x 8).
 PANEL_NETWORK = "unet3d"
 PATCH_DIVISOR = 16
 PATCH_MIN_BOTTLENECK_VOXELS = 2
+PANEL_POOLINGS = 4  # the U-Net's poolings (anisotropy.LEVELS)
+FINE_SPACING_RATIO = 2.0  # an axis up to twice the finest spacing is pooled (anisotropy.FINE_RATIO)
+EMBEDDING_STRIDE = 8  # FeCL's block grid: every axis a multiple of 8 at least (unet3d.size_divisors)
+
+
+def medianSpacing(spacings: Sequence[Sequence[float]]) -> Optional[tuple]:
+    """Per-axis median (x, y, z) of the cases' voxel spacings (what the engine plans from); None for none."""
+    valid = [tuple(float(v) for v in s) for s in spacings if s is not None and len(s) == 3 and all(v > 0 for v in s)]
+    if not valid:
+        return None
+    return tuple(_median([s[axis] for s in valid]) for axis in range(3))
+
+
+def _median(values: list) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def patchAxisRule(spacing: Optional[Sequence[float]] = None) -> tuple:
+    """``(divisors, strides)`` per axis (x, y, z) of the panel's network for data of this spacing.
+
+    The engine's plan, stage by stage with the stage's spacing ``s``: axis ``a`` is pooled (x2)
+    when ``s_a <= 2 * min(s)``, then ``s_a`` grows by its pool. ``strides_a = prod(pools_a)``
+    (input voxels per bottleneck voxel), ``divisors_a = max(strides_a, 8)``. None or isotropic
+    spacing: (16, 16, 16) both.
+    """
+    if not spacing:
+        return (PATCH_DIVISOR,) * 3, (PATCH_DIVISOR,) * 3
+    current = [float(v) for v in spacing]
+    strides = [1, 1, 1]
+    for _stage in range(PANEL_POOLINGS):
+        finest = min(current)
+        pools = [2 if v <= FINE_SPACING_RATIO * finest * (1 + 1e-6) else 1 for v in current]
+        strides = [t * p for t, p in zip(strides, pools)]
+        current = [v * p for v, p in zip(current, pools)]
+    divisors = tuple(max(t, EMBEDDING_STRIDE) for t in strides)
+    return divisors, tuple(strides)
 
 
 def patchSizeProblem(patch: Sequence[int], divisor: int = PATCH_DIVISOR,
-                     minBottleneckVoxels: int = PATCH_MIN_BOTTLENECK_VOXELS) -> Optional[str]:
+                     minBottleneckVoxels: int = PATCH_MIN_BOTTLENECK_VOXELS,
+                     spacing: Optional[Sequence[float]] = None) -> Optional[str]:
     """None when the patch is automatic (all 0) or one the engine's network accepts, else the fix.
 
-    Accepted: three positive multiples of ``divisor`` with ``prod(p // divisor) >= minBottleneckVoxels``
-    (the engine's ``PatchRule.problem``), e.g. 32 x 16 x 16 but not 16 x 16 x 16.
+    ``spacing``: the cases' median (x, y, z) mm (``medianSpacing``); None uses ``divisor`` on every
+    axis. Accepted: positive multiples of the per-axis divisors with
+    ``prod(p_a // stride_a) >= minBottleneckVoxels`` (the engine's ``PatchRule.problem``), e.g.
+    32 x 16 x 16 but not 16 x 16 x 16; for 1.5 x 1.5 x 5 mm slabs 144 x 144 x 8.
     """
     values = [int(p) for p in patch]
     if not any(values):
         return None
-    if len(values) != 3 or any(v <= 0 or v % divisor for v in values):
-        return (f"Patch size {tuple(values)}: set all three to multiples of {divisor}, or all to auto.")
-    if math.prod(v // divisor for v in values) < minBottleneckVoxels:
-        return (f"Patch size {tuple(values)} is too small for the network: its bottleneck (1/{divisor} of the patch) "
-                f"needs at least {minBottleneckVoxels} voxels. Make one side {2 * divisor} (e.g. "
-                f"{2 * divisor} x {divisor} x {divisor}), or set all to auto.")
+    divisors, strides = patchAxisRule(spacing) if spacing else ((divisor,) * 3, (divisor,) * 3)
+    if len(values) != 3 or any(v <= 0 or v % d for v, d in zip(values, divisors)):
+        if len(set(divisors)) == 1:
+            return f"Patch size {tuple(values)}: set all three to multiples of {divisors[0]}, or all to auto."
+        return (f"Patch size {tuple(values)}: set x, y, z to multiples of {divisors[0]}, {divisors[1]}, {divisors[2]} "
+                "(the network pools the thick-slice axis of these scans fewer times), or all to auto.")
+    if math.prod(v // s for v, s in zip(values, strides)) < minBottleneckVoxels:
+        if len(set(strides)) == 1:
+            example = f"{2 * divisors[0]} x {divisors[1]} x {divisors[2]}"
+        else:  # grow the thick-slice axis, which the bottleneck shrinks least
+            example = " x ".join(str(2 * d if s == min(strides) else d) for d, s in zip(divisors, strides))
+        return (f"Patch size {tuple(values)} is too small for the network: its bottleneck "
+                f"({' x '.join(f'1/{s}' for s in strides) if len(set(strides)) > 1 else f'1/{strides[0]}'} of the patch) "
+                f"needs at least {minBottleneckVoxels} voxels. Make one side larger (e.g. {example}), or set all to auto.")
     return None
 
 

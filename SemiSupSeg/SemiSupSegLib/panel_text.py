@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from .dependencies import MPS_DESCRIPTION
-from .panel import patchSizeProblem
+from .panel import medianSpacing, patchSizeProblem
 
 try:
     from slicer.i18n import tr as _
@@ -35,6 +35,7 @@ class CaseSummary:
     segmentNames: list = field(default_factory=list)
     hasImage: bool = True
     reviewedRegions: int = 0  # regions accepted with Accept region (a partial label)
+    spacing: tuple = ()  # voxel spacing (x, y, z) mm: the engine plans the network's pooling from it
 
 
 def isPathSet(path) -> bool:
@@ -92,14 +93,31 @@ def finishedText(runId: str, finished: Optional[dict]) -> str:
     return _("Finished run {run}.").format(run=runId) + " " + review
 
 
-def regionText(index: int, regions: list) -> str:
-    """ "Region 2 of 7: 1.35 ml, mean uncertainty 0.62" for ``regions[index]``."""
+def regionClassText(region: dict, classNames=()) -> Optional[str]:
+    """The class a region is about (regions.json ``about_class``): its name from dataset.json's
+    ``labels`` (``classNames[c]``), "possibly missed structure" for 0 (uncertain where nothing was
+    predicted), None when the region does not say (older runs) or the class is unknown."""
+    about = region.get("about_class")
+    if about is None:
+        return None
+    about = int(about)
+    if about == 0:
+        return _("possibly missed structure")
+    return str(classNames[about]) if 0 < about < len(classNames) else _("class {index}").format(index=about)
+
+
+def regionText(index: int, regions: list, classNames=()) -> str:
+    """ "Region 2 of 7 (myocardium): 1.35 ml, mean uncertainty 0.62" for ``regions[index]``;
+    ``classNames``: the workspace's class list (background first) naming ``about_class``."""
     if not regions:
         return _("No uncertain regions for this case.")
     if index < 0 or index >= len(regions):
         return _("{count} uncertain regions: click 'Next uncertain region'.").format(count=len(regions))
     region = regions[index]
     text = _("Region {k} of {n}").format(k=index + 1, n=len(regions))
+    about = regionClassText(region, classNames)
+    if about:
+        text += f" ({about})"
     details = []
     if region.get("volume_ml") is not None:
         details.append(_("{volume:.2f} ml").format(volume=float(region["volume_ml"])))
@@ -217,7 +235,8 @@ def validateTrainingInputs(workspaceDir, cases: list, patch=(0, 0, 0)) -> list:
         problems.append(_("Mark at least one case that has a segmentation as labelled ('Mark as labelled'), or accept a region of one in Review."))
     labelled = {case.name: case.segmentNames for case in cases if case.labelled and case.hasSegmentation}
     problems += classNamesFromSegments(labelled)[1]
-    patchProblem = patchSizeProblem(patch)
+    # The engine plans the pooling from the median spacing of the cases (thin slabs pool z fewer times).
+    patchProblem = patchSizeProblem(patch, spacing=medianSpacing([case.spacing for case in cases if case.hasImage]))
     if patchProblem:
         problems.append(patchProblem)
     return problems

@@ -24,6 +24,7 @@ from typing import Callable, Optional
 
 from . import case_nodes
 from .panel import CaseDisplay
+from .workspace_files import classNamesOf, readDataset
 from .panel_text import (
     CaseSummary,
     _,
@@ -170,7 +171,8 @@ class SemiSupSegPresenter:
             summaries.append(CaseSummary(
                 name=volume.GetName(), labelled=case_nodes.isLabelled(volume), hasSegmentation=segmentation is not None,
                 segmentNames=segmentNamesOf(segmentation), hasImage=volume.GetImageData() is not None,
-                reviewedRegions=self.reviewedRegionCounts.get(case_nodes.caseIdOf(volume), 0)))
+                reviewedRegions=self.reviewedRegionCounts.get(case_nodes.caseIdOf(volume), 0),
+                spacing=tuple(volume.GetSpacing())))
         return summaries
 
     def addCases(self, volumes) -> int:
@@ -315,7 +317,18 @@ class SemiSupSegPresenter:
     def regionText(self) -> str:
         if self.currentCaseId() is None or not self.parameters.lastRunId:
             return _("Select a case with results to review its uncertain regions.")
-        return regionText(self.parameters.currentRegionIndex, self.regionsOfCurrentCase())
+        return regionText(self.parameters.currentRegionIndex, self.regionsOfCurrentCase(), self.workspaceClassNames())
+
+    def workspaceClassNames(self) -> list:
+        """The class list regions refer to (``about_class``): the one the loaded results used, else
+        the workspace's dataset.json ``labels``; [] when neither can be read."""
+        names = getattr(self.logic, "classNames", None)
+        if names:
+            return list(names)
+        try:
+            return classNamesOf(readDataset(self.parameters.workspaceDir))
+        except (OSError, ValueError):
+            return []
 
     # -- the engine: torch, device, methods, installation ----------------------------------
 

@@ -39,7 +39,9 @@ _HEAT_ANCHORS = np.array(
 # The prediction's outline thickness (pixels) while the heat overlay is on: its fill is hidden then,
 # so that a tinted voxel is uncertainty and never the prediction.
 PREDICTION_OUTLINE_THICKNESS = 2
-# Segment colours for classes without a user segment of the same name.
+# Slicer's anatomy colour tables (loaded from file in the application; "left ventricle", "myocardium", ...).
+ANATOMY_COLOR_TABLE_NAMES = ("GenericAnatomyColors",)
+# Segment colours for classes without a user segment or an anatomy-table colour of the same name.
 SEGMENT_PALETTE = (
     (0.90, 0.35, 0.30), (0.35, 0.70, 0.35), (0.30, 0.50, 0.90), (0.95, 0.80, 0.25),
     (0.70, 0.40, 0.80), (0.25, 0.80, 0.80), (0.95, 0.55, 0.20), (0.60, 0.60, 0.60),
@@ -268,13 +270,56 @@ class ResultsLoader:
         return node
 
     def _segmentColours(self, volumeNode, classNames: list[str]) -> dict:
-        """The user's colour for a class when their segmentation has it, else a palette colour."""
-        colours = {name: SEGMENT_PALETTE[(index - 1) % len(SEGMENT_PALETTE)] for index, name in enumerate(classNames) if index}
-        userNode = case_nodes.userSegmentationNode(self.scene, volumeNode)
-        if userNode is not None:
-            segmentation = userNode.GetSegmentation()
-            for index in range(segmentation.GetNumberOfSegments()):
-                segment = segmentation.GetNthSegment(index)
-                if segment.GetName() in colours:
-                    colours[segment.GetName()] = tuple(segment.GetColor())
+        """One colour per foreground class, chosen by its name (dataset.json ``labels``).
+
+        In order: the user's colour when their segmentation of this case has a segment of that
+        name; else the colour Slicer's anatomy table gives the name (``GenericAnatomyColors``, e.g.
+        "left ventricle", when that table is in the scene); else the palette colour of the class
+        index. A table colour already taken by another class gives way to an unused palette colour,
+        so that every class of the prediction can be told apart.
+        """
+        userColours = self._userSegmentColours(volumeNode)
+        colours: dict = {}
+        for index, name in enumerate(classNames):
+            if index == 0:
+                continue
+            colour = userColours.get(name) or anatomyColour(self.scene, name)
+            if colour is None or (name not in userColours and _isTaken(colour, colours.values())):
+                colour = _unusedPaletteColour(index, colours.values())
+            colours[name] = tuple(colour)
         return colours
+
+    def _userSegmentColours(self, volumeNode) -> dict:
+        userNode = case_nodes.userSegmentationNode(self.scene, volumeNode)
+        if userNode is None:
+            return {}
+        segmentation = userNode.GetSegmentation()
+        segments = (segmentation.GetNthSegment(index) for index in range(segmentation.GetNumberOfSegments()))
+        return {segment.GetName(): tuple(segment.GetColor()) for segment in segments}
+
+
+def anatomyColour(scene, className: str):
+    """RGB of ``className`` in an anatomy colour table of the scene (case, spacing and underscores ignored), else None."""
+    wanted = " ".join(className.lower().replace("_", " ").split())
+    for colorNode in nodesByClass(scene, "vtkMRMLColorTableNode"):
+        if colorNode.GetName() not in ANATOMY_COLOR_TABLE_NAMES:
+            continue
+        for index in range(colorNode.GetNumberOfColors()):
+            if " ".join(str(colorNode.GetColorName(index)).lower().replace("_", " ").split()) == wanted:
+                rgba = [0.0, 0.0, 0.0, 0.0]
+                colorNode.GetColor(index, rgba)
+                return tuple(rgba[:3])
+    return None
+
+
+def _isTaken(colour, used, tolerance: float = 0.02) -> bool:
+    return any(max(abs(a - b) for a, b in zip(colour, other)) < tolerance for other in used)
+
+
+def _unusedPaletteColour(classIndex: int, used):
+    """The palette colour of ``classIndex``, or the next one no other class has (cycling past 8 classes)."""
+    for offset in range(len(SEGMENT_PALETTE)):
+        colour = SEGMENT_PALETTE[(classIndex - 1 + offset) % len(SEGMENT_PALETTE)]
+        if not _isTaken(colour, used):
+            return colour
+    return SEGMENT_PALETTE[(classIndex - 1) % len(SEGMENT_PALETTE)]
