@@ -54,8 +54,9 @@ With S = 60, N = 10, R = 4, C = 6, H = 8 and 2 seeds:
   start  60 x 4.5 + 15 + 14 x 2.5 = 320 s,
   round  10 x 4.5 + 15 + 14 x 2.5 + 3 = 98 s, x 4 rounds x 6 strategies (5 + the control) = 2352 s,
   total  2 x (320 + 2352) = 5344 s = 89 minutes,
-which leaves a factor 1.35 for a machine shared with other jobs. Measured: seed 1337 took 2203 s
-for the start and the five strategies (load average 3 to 4, 2026-11-27), i.e. 37 minutes a seed. Shared honestly: one start model per seed for all five strategies (they start from
+which leaves a factor 1.35 for a machine shared with other jobs. Measured (2026-11-27, this CPU):
+seed 1337 took 2203 s for the start and the five strategies at load average 3 to 4, and 2119 s
+(35 minutes) for the start and all six strategies at load average 2 to 2.5. Shared honestly: one start model per seed for all five strategies (they start from
 the same predictions), and every candidate's prediction is made once per round and serves both
 the case order and the annotator. These are small numbers: 10 warm iterations per round move the
 model little, so the differences between strategies are small against the noise; the paired
