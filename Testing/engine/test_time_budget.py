@@ -54,6 +54,9 @@ def fake_time(monkeypatch):
 
     monkeypatch.setattr(Trainer, "step", step)
     monkeypatch.setattr(Trainer, "_predict_cases", predict_cases)
+    # No timed window (as for compiled networks): the estimate before any round is the training
+    # speed's, unless a test sets ``fake_time.window_s``.
+    monkeypatch.setattr(Trainer, "_window_forward_s", lambda self: getattr(clock, "window_s", None))
     return clock
 
 
@@ -77,11 +80,29 @@ def test_window_count_by_hand():
 
 
 def test_prediction_estimate_from_the_training_speed_by_hand():
-    # 18 windows x 1 pass x 3.0 s / 4 patches + 0.5e-6 s x 256*256*100 voxels
+    # 18 windows x 1 pass x 3.0 s / 4 patches + 2e-6 s x 256*256*100 voxels
     estimate = tb.prediction_from_training([(128, 128, 50)], 256 * 256 * 100, (64, 64, 48), 0.25, 3.0, 4, 1)
-    assert estimate == pytest.approx(18 * 0.75 + 0.5e-6 * 6553600)
+    assert estimate == pytest.approx(18 * 0.75 + 2e-6 * 6553600)
     two_networks_mc = tb.prediction_from_training([(128, 128, 50)] * 2, 0, (64, 64, 48), 0.25, 3.0, 4, 2 * 3)
     assert two_networks_mc == pytest.approx(2 * 18 * 6 * 0.75)
+
+
+def test_prediction_estimate_from_a_timed_window_by_hand():
+    # 1.5 x (18 + 4 windows) x 2 passes x 0.1 s + 2e-6 s x (6553600 + 307200) voxels
+    assert tb.count_windows((80, 80, 48), (64, 64, 48), 0.25) == 4
+    estimate = tb.prediction_from_window([(128, 128, 50), (80, 80, 48)], 6553600 + 307200, (64, 64, 48), 0.25,
+                                         0.1, 2)
+    assert estimate == pytest.approx(1.5 * (18 + 4) * 2 * 0.1 + 2e-6 * 6860800)
+
+
+def test_a_parts_first_step_counts_only_until_a_second_is_timed():
+    budget = tb.TimeBudget(60.0)
+    assert budget.next_step_s == 0.0
+    budget.record_step(8.6, first_of_part=True)  # warm-up: allocations, kernel choice
+    assert budget.next_step_s == 8.6
+    budget.record_step(1.5)
+    budget.record_step(2.0)
+    assert budget.next_step_s == 2.0
 
 
 def test_must_stop_when_the_next_step_and_the_finish_would_not_fit():
@@ -93,8 +114,9 @@ def test_must_stop_when_the_next_step_and_the_finish_would_not_fit():
 def test_budget_estimates_take_the_slowest_recent_step_and_measured_rounds():
     budget = tb.TimeBudget(600.0)
     assert budget.next_step_s == 0.0 and budget.final_save_s == tb.DEFAULT_SAVE_S
-    assert budget.prediction_s(1000, from_training=42.0) == (42.0, "training speed")
-    assert budget.prediction_s(0, from_training=42.0) == (0.0, "nothing to predict")
+    assert budget.prediction_s(1000, unmeasured=42.0) == (42.0, "training speed")
+    assert budget.prediction_s(1000, 42.0, "timed window") == (42.0, "timed window")
+    assert budget.prediction_s(0, unmeasured=42.0) == (0.0, "nothing to predict")
     for seconds in [50.0] + [5.0] * tb.RECENT_STEPS:
         budget.record_step(seconds)
     assert budget.next_step_s == 5.0  # the slow first step has left the window of recent steps
@@ -102,7 +124,7 @@ def test_budget_estimates_take_the_slowest_recent_step_and_measured_rounds():
     assert budget.next_step_s == 8.0
     budget.record_prediction(10.0, 1000)  # 0.01 s per voxel
     budget.record_prediction(4.0, 1000)  # faster: the slower rate is kept
-    assert budget.prediction_s(3000, from_training=1.0) == (pytest.approx(1.25 * 0.01 * 3000), "measured")
+    assert budget.prediction_s(3000, unmeasured=1.0) == (pytest.approx(1.25 * 0.01 * 3000), "measured")
     budget.record_save(0.5)
     budget.record_save(0.25)
     assert budget.final_save_s == 0.5
@@ -153,7 +175,7 @@ def test_a_bad_budget_on_the_command_line_exits_2_and_writes_nothing(tiny_worksp
 # ---- runs with a fake clock ----------------------------------------------------------------------
 # The tiny workspace's final round predicts 3 cases; DyCON predicts with its teacher (1 pass);
 # batch 1 + 1 patches; the CPU overlap 0.25 gives 2 windows of 32x32x16 per 32x32x24 case.
-FROM_TRAINING = 3 * 2 * STEP_S / 2 + 0.5e-6 * 3 * TINY_VOXELS  # 90.037 s: estimate before any round
+FROM_TRAINING = 3 * 2 * STEP_S / 2 + 2e-6 * 3 * TINY_VOXELS  # 90.15 s: estimate before any round
 MEASURED = 1.25 * 3 * CASE_S  # 75 s: estimate once a round was timed (20 s per case, x 1.25)
 
 
@@ -191,6 +213,16 @@ def test_before_any_round_the_prediction_is_estimated_from_the_training_speed(ti
     assert reached["prediction_s"] == pytest.approx(FROM_TRAINING, abs=0.01)
     assert reached["expected_end_s"] == pytest.approx(60 + 2 + FROM_TRAINING, abs=0.01)
     assert sink.of("finished")[0]["budget_used_s"] == 120.0  # the estimate was 1.5x the 60 s round: conservative
+
+
+def test_before_any_round_a_timed_window_gives_the_estimate(tiny_workspace, one_thread, fake_time):
+    # A window's forward timed at 10 s: 1.5 x 3 cases x 2 windows x 1 pass x 10 s + post = 90.15 s as well,
+    # so the run stops where the training-speed estimate would, now named after the window.
+    fake_time.window_s = 10.0
+    state, sink = run_training(tiny_workspace, "window", predict_cases="all", time_budget_min=3)
+    reached = sink.of("budget_reached")[0]
+    assert reached["prediction_estimate"] == "timed window" and reached["iteration"] == 2
+    assert reached["prediction_s"] == pytest.approx(1.5 * 3 * 2 * 10.0 + 2e-6 * 3 * TINY_VOXELS, abs=0.01)
 
 
 def test_a_run_with_iterations_ends_at_whichever_comes_first(tiny_workspace, one_thread, fake_time):

@@ -11,20 +11,22 @@ with every term an estimate made as late as possible, from this run's own measur
   run: time between that checkpoint and a kill is lost, its iterations are redone) plus this
   part's time since the worker began reading the workspace (setup counts: the user waits for it).
 - ``next_step``: the longest of the last ``RECENT_STEPS`` steps (steps vary by a factor of 3 on a
-  shared CPU; the longest is the conservative choice).
+  shared CPU; the longest is the conservative choice). A part's first step (allocations, kernel
+  selection: 8.6 s against 1.5-2 s for the next ones in the demo on this CPU) counts only until a
+  second step is timed.
 - ``final_save``: the longest checkpoint write so far, ``DEFAULT_SAVE_S`` before the first.
 - ``final_prediction``: once any prediction round of this run was timed (a periodic round, an
   early round, a ``PREDICT`` request), seconds per training-grid voxel of that round times the
-  voxels of the cases the final round predicts, times ``MEASURED_SAFETY``. Before that, an
-  estimate from the training speed (``prediction_from_training``): one sliding window costs at
-  most what one training patch costs in a step (a step runs forward *and* backward for every
-  patch plus the teacher's forward: 3-4 forwards, where a window needs one per inference network),
-  plus ``POST_SECONDS_PER_VOXEL`` per voxel of the original image for resampling back, entropy,
-  regions and the compressed files. Checked against docs/benchmarks.md's first_overlay rows
-  (256x256x100 volumes): CPU (128x128x50 training grid, 18 windows, 3.06 s steps of 4 patches)
-  17 s estimated per case, 5.7 s measured; H200 (native grid, 32 windows, 0.17 s steps of 8
-  patches) 4.0 s estimated, 2.6 s measured. Too long by 1.5x to 3x: that costs a few training
-  steps, never the budget; the first timed round replaces it.
+  voxels of the cases the final round predicts, times ``MEASURED_SAFETY``. Before that, from one
+  timed forward pass of an inference network over one window (``prediction_from_window``: the
+  trainer times it once, after a warm-up pass, when the estimate is first needed): windows x
+  passes x that time x ``WINDOW_SAFETY``, plus ``POST_SECONDS_PER_VOXEL`` per voxel of the
+  original image for resampling back, entropy, regions and the compressed files. The earlier
+  estimate from the training speed (``prediction_from_training``: a window costs what a training
+  patch costs in a step) is kept for a run whose networks are compiled (timing a pass would
+  compile them for inference first); it was 1.5x (H200) to 3x (this CPU) too long on the
+  first_overlay volumes, and 10x on the demo's first step (276 s estimated, 28 s measured: the run
+  stopped after one iteration), which is why the window is now timed.
 
 At least one iteration is trained in a run that has none, whatever the estimates (a budget
 shorter than one step plus the prediction is then overrun, and the ``budget_reached`` event says
@@ -42,7 +44,10 @@ from typing import Iterable, Optional, Sequence
 RECENT_STEPS = 10
 MEASURED_SAFETY = 1.25  # the same round measured again on a shared CPU varies by about this much
 DEFAULT_SAVE_S = 2.0  # a checkpoint of the default networks takes well under a second on this CPU
-POST_SECONDS_PER_VOXEL = 0.5e-6  # resample back + entropy + regions + gzip, per original-grid voxel
+POST_SECONDS_PER_VOXEL = 2e-6  # resample back + entropy + regions + gzip, per original-grid voxel
+# A window's forward timed once, alone, is faster than the same windows inside a round (batching,
+# stitching, memory traffic): the demo's 16 cases took 28 s for an estimate of 15 s without it.
+WINDOW_SAFETY = 1.5
 
 
 def count_windows(shape: Sequence[int], patch: Sequence[int], overlap: float) -> int:
@@ -69,6 +74,16 @@ def prediction_from_training(case_shapes: Iterable[Sequence[int]], reference_vox
     return windows * passes * per_window + POST_SECONDS_PER_VOXEL * reference_voxels
 
 
+def prediction_from_window(case_shapes: Iterable[Sequence[int]], reference_voxels: int, patch: Sequence[int],
+                           overlap: float, window_s: float, passes: int) -> float:
+    """Seconds to predict cases of ``case_shapes`` (training grid) from one window's timed forward.
+
+    t = WINDOW_SAFETY * sum_cases windows(case) * passes * window_s + POST_SECONDS_PER_VOXEL * reference_voxels
+    """
+    windows = sum(count_windows(shape, patch, overlap) for shape in case_shapes)
+    return WINDOW_SAFETY * windows * passes * window_s + POST_SECONDS_PER_VOXEL * reference_voxels
+
+
 def must_stop(budget_s: float, elapsed_s: float, next_step_s: float, finish_s: float) -> bool:
     """Stop before the next step when it and the finish would not fit: elapsed + step + finish > budget."""
     return elapsed_s + next_step_s + finish_s > budget_s
@@ -88,6 +103,7 @@ class TimeBudget:
         self.steps = deque((float(s) for s in steps), maxlen=RECENT_STEPS)
         self.save_s = save_s
         self.predict_s_per_voxel = predict_s_per_voxel
+        self.first_step_s: Optional[float] = None
 
     @classmethod
     def from_config(cls, config: dict) -> Optional["TimeBudget"]:
@@ -113,8 +129,12 @@ class TimeBudget:
         return state
 
     # ---- measurements ------------------------------------------------------------------------
-    def record_step(self, seconds: float) -> None:
-        self.steps.append(float(seconds))
+    def record_step(self, seconds: float, first_of_part: bool = False) -> None:
+        """A step's seconds; a part's first step (warm-up) is kept apart (see ``next_step_s``)."""
+        if first_of_part:
+            self.first_step_s = float(seconds)
+        else:
+            self.steps.append(float(seconds))
 
     def record_save(self, seconds: float) -> None:
         self.save_s = max(float(seconds), self.save_s or 0.0)
@@ -129,20 +149,23 @@ class TimeBudget:
     # ---- estimates -----------------------------------------------------------------------------
     @property
     def next_step_s(self) -> float:
-        return max(self.steps) if self.steps else 0.0
+        if self.steps:
+            return max(self.steps)
+        return self.first_step_s or 0.0
 
     @property
     def final_save_s(self) -> float:
         return DEFAULT_SAVE_S if self.save_s is None else float(self.save_s)
 
-    def prediction_s(self, voxels: int, from_training: float) -> tuple:
+    def prediction_s(self, voxels: int, unmeasured: float, how_unmeasured: str = "training speed") -> tuple:
         """(seconds, how) for a round over ``voxels`` training-grid voxels: measured rate x safety
-        when a round was timed, else ``from_training`` (``prediction_from_training``)."""
+        when a round was timed, else ``unmeasured`` (``prediction_from_window`` or
+        ``prediction_from_training``, named by ``how_unmeasured``)."""
         if voxels <= 0:
             return 0.0, "nothing to predict"
         if self.predict_s_per_voxel is not None:
             return MEASURED_SAFETY * self.predict_s_per_voxel * voxels, "measured"
-        return float(from_training), "training speed"
+        return float(unmeasured), how_unmeasured
 
     def left_s(self, elapsed_s: float) -> float:
         return max(0.0, self.budget_s - elapsed_s)

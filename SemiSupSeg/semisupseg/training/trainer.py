@@ -48,7 +48,7 @@ from .distributed import Distributed, NullEvents
 from .devices import autocast_choice, device_description, empty_cache, is_mps_failure, mps_available, optimizer_to
 from .manifest import build_manifest
 from .schedules import learning_rate
-from .time_budget import TimeBudget, must_stop, prediction_from_training
+from .time_budget import TimeBudget, must_stop, prediction_from_training, prediction_from_window
 from .warm_start import class_names, warm_start
 from .workspace_watch import HELD_OUT, LABELLED, UNLABELLED, ContentDigests, WorkspaceChange, case_states, compare_states, file_stamp
 
@@ -131,6 +131,7 @@ class Trainer:
         self.config = resolve_config(config, self.device, shapes, spacings)
         self.total = int(self.config["iterations"])  # 0: continuous (until stopped or the budget)
         self.budget = TimeBudget.from_config(self.config)  # None: no time budget
+        self._stepped, self._window_s = False, None  # a part's first step; one window's timed forward
         self.fell_back_to_cpu = False
         self.method = self._build_method()
         # A warm-started teacher continues its average: the EMA sees iterations counted from the
@@ -398,9 +399,11 @@ class Trainer:
     def timed_step(self) -> Optional[dict]:
         """``step()``, its duration recorded for the time budget's estimate of the next one."""
         started = self.clock()
+        first_of_part = not self._stepped
         parts = self.step()
+        self._stepped = True
         if self.budget:
-            self.budget.record_step(self.clock() - started)
+            self.budget.record_step(self.clock() - started, first_of_part=first_of_part)
         return parts
 
     # ---- the time budget (time_budget.py) -------------------------------------------------------
@@ -450,13 +453,41 @@ class Trainer:
         cases = [self.prepared[c] for c in case_ids if c in self.prepared]
         cfg = self.config
         passes = len(self.method.inference_networks()) * (1 + int(cfg["mc_dropout"]))
-        from_training = prediction_from_training(
-            [case.image.shape for case in cases],
-            sum(int(case.reference.GetNumberOfPixels()) for case in cases),
-            cfg["patch_size"], float(cfg["sw_overlap"]), self.budget.next_step_s,
-            int(cfg["batch_labelled"]) + int(cfg["batch_unlabelled"]), passes,
-        )
-        return self.budget.prediction_s(sum(int(case.image.size) for case in cases), from_training)
+        shapes = [case.image.shape for case in cases]
+        reference_voxels = sum(int(case.reference.GetNumberOfPixels()) for case in cases)
+        voxels = sum(int(case.image.size) for case in cases)
+        window_s = self._window_forward_s() if voxels and self.budget.predict_s_per_voxel is None else None
+        if window_s is None:
+            unmeasured, how = prediction_from_training(
+                shapes, reference_voxels, cfg["patch_size"], float(cfg["sw_overlap"]), self.budget.next_step_s,
+                int(cfg["batch_labelled"]) + int(cfg["batch_unlabelled"]), passes), "training speed"
+        else:
+            unmeasured, how = prediction_from_window(shapes, reference_voxels, cfg["patch_size"],
+                                                     float(cfg["sw_overlap"]), window_s, passes), "timed window"
+        return self.budget.prediction_s(voxels, unmeasured, how)
+
+    def _window_forward_s(self) -> Optional[float]:
+        """Seconds of one inference network's forward over one window (eval mode, no gradient, the
+        prediction's autocast), timed once after a warm-up pass; None for compiled networks (a
+        timing pass would first compile them for inference)."""
+        if self._window_s is None and not self.config.get("compile"):
+            net = self.method.inference_networks()[0]
+            autocast = torch.bfloat16 if (self.device.type == "cuda" and self.config.get("amp", "auto") != "off") else None
+            window = torch.zeros((1, 1, *self.config["patch_size"]), device=self.device)
+            was_training = net.training
+            net.eval()
+            try:
+                with torch.no_grad(), torch.autocast(self.device.type, dtype=autocast or torch.float32,
+                                                     enabled=autocast is not None):
+                    net(window)  # warm-up: allocations, kernel choice
+                    _synchronize(self.device)
+                    started = self.clock()
+                    net(window)
+                    _synchronize(self.device)
+                    self._window_s = self.clock() - started
+            finally:
+                net.train(was_training)
+        return self._window_s
 
     # ---- what an Apple GPU lacks (devices.py) ---------------------------------------------------
     def fall_back_to_cpu(self, error: BaseException) -> None:
@@ -758,6 +789,14 @@ def keep_other_cases_regions(run_dir: Path, previous: dict, known: set) -> None:
     meta = {**current["meta"], "scores": scores, "case_order": rank_cases(scores, order="uncertainty"),
             "cases_of_this_round": sorted(current["cases"])}
     write_regions_json(run_dir / "regions.json", {**kept, **current["cases"]}, meta)
+
+
+def _synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a timing covers it (CUDA and MPS run asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
 
 
 def train_workspace(
