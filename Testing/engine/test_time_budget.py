@@ -80,19 +80,19 @@ def test_window_count_by_hand():
 
 
 def test_prediction_estimate_from_the_training_speed_by_hand():
-    # 18 windows x 1 pass x 3.0 s / 4 patches + 2e-6 s x 256*256*100 voxels
+    # 18 windows x 1 pass x 3.0 s / 4 patches + 0.3 s x 1 case + 0.3e-6 s x 256*256*100 voxels
     estimate = tb.prediction_from_training([(128, 128, 50)], 256 * 256 * 100, (64, 64, 48), 0.25, 3.0, 4, 1)
-    assert estimate == pytest.approx(18 * 0.75 + 2e-6 * 6553600)
+    assert estimate == pytest.approx(18 * 0.75 + 0.3 + 0.3e-6 * 6553600)
     two_networks_mc = tb.prediction_from_training([(128, 128, 50)] * 2, 0, (64, 64, 48), 0.25, 3.0, 4, 2 * 3)
-    assert two_networks_mc == pytest.approx(2 * 18 * 6 * 0.75)
+    assert two_networks_mc == pytest.approx(2 * 18 * 6 * 0.75 + 2 * 0.3)
 
 
 def test_prediction_estimate_from_a_timed_window_by_hand():
-    # 1.5 x (18 + 4 windows) x 2 passes x 0.1 s + 2e-6 s x (6553600 + 307200) voxels
+    # 1.5 x (18 + 4 windows) x 2 passes x 0.1 s + 0.3 s x 2 cases + 0.3e-6 s x (6553600 + 307200) voxels
     assert tb.count_windows((80, 80, 48), (64, 64, 48), 0.25) == 4
     estimate = tb.prediction_from_window([(128, 128, 50), (80, 80, 48)], 6553600 + 307200, (64, 64, 48), 0.25,
                                          0.1, 2)
-    assert estimate == pytest.approx(1.5 * (18 + 4) * 2 * 0.1 + 2e-6 * 6860800)
+    assert estimate == pytest.approx(1.5 * (18 + 4) * 2 * 0.1 + 0.3 * 2 + 0.3e-6 * 6860800)
 
 
 def test_a_parts_first_step_counts_only_until_a_second_is_timed():
@@ -175,7 +175,7 @@ def test_a_bad_budget_on_the_command_line_exits_2_and_writes_nothing(tiny_worksp
 # ---- runs with a fake clock ----------------------------------------------------------------------
 # The tiny workspace's final round predicts 3 cases; DyCON predicts with its teacher (1 pass);
 # batch 1 + 1 patches; the CPU overlap 0.25 gives 2 windows of 32x32x16 per 32x32x24 case.
-FROM_TRAINING = 3 * 2 * STEP_S / 2 + 2e-6 * 3 * TINY_VOXELS  # 90.15 s: estimate before any round
+FROM_TRAINING = 3 * 2 * STEP_S / 2 + 3 * 0.3 + 0.3e-6 * 3 * TINY_VOXELS  # 90.9 s: estimate before any round
 MEASURED = 1.25 * 3 * CASE_S  # 75 s: estimate once a round was timed (20 s per case, x 1.25)
 
 
@@ -216,13 +216,13 @@ def test_before_any_round_the_prediction_is_estimated_from_the_training_speed(ti
 
 
 def test_before_any_round_a_timed_window_gives_the_estimate(tiny_workspace, one_thread, fake_time):
-    # A window's forward timed at 10 s: 1.5 x 3 cases x 2 windows x 1 pass x 10 s + post = 90.15 s as well,
+    # A window's forward timed at 10 s: 1.5 x 3 cases x 2 windows x 1 pass x 10 s + post = 90.9 s as well,
     # so the run stops where the training-speed estimate would, now named after the window.
     fake_time.window_s = 10.0
     state, sink = run_training(tiny_workspace, "window", predict_cases="all", time_budget_min=3)
     reached = sink.of("budget_reached")[0]
     assert reached["prediction_estimate"] == "timed window" and reached["iteration"] == 2
-    assert reached["prediction_s"] == pytest.approx(1.5 * 3 * 2 * 10.0 + 2e-6 * 3 * TINY_VOXELS, abs=0.01)
+    assert reached["prediction_s"] == pytest.approx(1.5 * 3 * 2 * 10.0 + 3 * 0.3 + 0.3e-6 * 3 * TINY_VOXELS, abs=0.01)
 
 
 def test_a_run_with_iterations_ends_at_whichever_comes_first(tiny_workspace, one_thread, fake_time):

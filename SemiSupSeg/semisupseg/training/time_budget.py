@@ -20,8 +20,8 @@ with every term an estimate made as late as possible, from this run's own measur
   voxels of the cases the final round predicts, times ``MEASURED_SAFETY``. Before that, from one
   timed forward pass of an inference network over one window (``prediction_from_window``: the
   trainer times it once, after a warm-up pass, when the estimate is first needed): windows x
-  passes x that time x ``WINDOW_SAFETY``, plus ``POST_SECONDS_PER_VOXEL`` per voxel of the
-  original image for resampling back, entropy, regions and the compressed files. The earlier
+  passes x that time x ``WINDOW_SAFETY``, plus ``post_seconds`` (a part per case and a part per
+  voxel of the original image: resampling back, entropy, regions and the compressed files). The earlier
   estimate from the training speed (``prediction_from_training``: a window costs what a training
   patch costs in a step) is kept for a run whose networks are compiled (timing a pass would
   compile them for inference first); it was 1.5x (H200) to 3x (this CPU) too long on the
@@ -44,7 +44,12 @@ from typing import Iterable, Optional, Sequence
 RECENT_STEPS = 10
 MEASURED_SAFETY = 1.25  # the same round measured again on a shared CPU varies by about this much
 DEFAULT_SAVE_S = 2.0  # a checkpoint of the default networks takes well under a second on this CPU
-POST_SECONDS_PER_VOXEL = 2e-6  # resample back + entropy + regions + gzip, per original-grid voxel
+# After the network, per case: a fixed part (files, regions.json) and a part per original-grid voxel
+# (resample back, entropy, regions, gzip). Fitted on two final rounds on this 2-core CPU: the demo
+# (16 cases of 80x80x48: 11.7 s) and LA at 1.25 mm (16 crops of about 2.5 M voxels: 18.6 s); a single
+# per-voxel rate of 2e-6 s had overestimated LA's round 5x (99 s) and ended a 5-minute run at 3.6 min.
+POST_SECONDS_PER_CASE = 0.3
+POST_SECONDS_PER_VOXEL = 0.3e-6
 # A window's forward timed once, alone, is faster than the same windows inside a round (batching,
 # stitching, memory traffic): the demo's 16 cases took 28 s for an estimate of 15 s without it.
 WINDOW_SAFETY = 1.5
@@ -65,23 +70,30 @@ def prediction_from_training(case_shapes: Iterable[Sequence[int]], reference_vox
                              overlap: float, step_s: float, patches_per_step: int, passes: int) -> float:
     """Seconds to predict cases of ``case_shapes`` (training grid), estimated from a step's seconds.
 
-    t = sum_cases windows(case) * passes * step_s / patches_per_step + POST_SECONDS_PER_VOXEL * reference_voxels
+    t = sum_cases windows(case) * passes * step_s / patches_per_step + post(cases, reference_voxels)
 
     ``passes``: forwards per window (inference networks x (1 + MC-dropout samples)).
     """
-    windows = sum(count_windows(shape, patch, overlap) for shape in case_shapes)
+    shapes = list(case_shapes)
+    windows = sum(count_windows(shape, patch, overlap) for shape in shapes)
     per_window = step_s / max(1, patches_per_step)
-    return windows * passes * per_window + POST_SECONDS_PER_VOXEL * reference_voxels
+    return windows * passes * per_window + post_seconds(len(shapes), reference_voxels)
 
 
 def prediction_from_window(case_shapes: Iterable[Sequence[int]], reference_voxels: int, patch: Sequence[int],
                            overlap: float, window_s: float, passes: int) -> float:
     """Seconds to predict cases of ``case_shapes`` (training grid) from one window's timed forward.
 
-    t = WINDOW_SAFETY * sum_cases windows(case) * passes * window_s + POST_SECONDS_PER_VOXEL * reference_voxels
+    t = WINDOW_SAFETY * sum_cases windows(case) * passes * window_s + post(cases, reference_voxels)
     """
-    windows = sum(count_windows(shape, patch, overlap) for shape in case_shapes)
-    return WINDOW_SAFETY * windows * passes * window_s + POST_SECONDS_PER_VOXEL * reference_voxels
+    shapes = list(case_shapes)
+    windows = sum(count_windows(shape, patch, overlap) for shape in shapes)
+    return WINDOW_SAFETY * windows * passes * window_s + post_seconds(len(shapes), reference_voxels)
+
+
+def post_seconds(cases: int, reference_voxels: int) -> float:
+    """post(cases, voxels) = POST_SECONDS_PER_CASE * cases + POST_SECONDS_PER_VOXEL * voxels."""
+    return POST_SECONDS_PER_CASE * cases + POST_SECONDS_PER_VOXEL * reference_voxels
 
 
 def must_stop(budget_s: float, elapsed_s: float, next_step_s: float, finish_s: float) -> bool:
