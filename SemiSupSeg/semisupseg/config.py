@@ -36,6 +36,11 @@ DEFAULTS: Dict[str, Any] = {
     # continuous run: constant rate, ramps over ramp_iterations); with iterations N it ends at N
     # or at the budget, whichever comes first; a continuous run ends at the budget.
     "time_budget_min": None,
+    # With a budget and no iterations: the schedules (learning rate, the methods' ramps) play out
+    # over the iterations the budget is estimated to allow, re-estimated before every step, as in a
+    # finite run of that length (training/time_budget.py, paced_total); "poly" is then allowed.
+    # false: the continuous schedules (constant rate, ramps over ramp_iterations).
+    "schedule_to_budget": False,
     "seed": 1337,
     "patch_size": None,  # (x, y, z), multiples of 16 (thin slabs: z of 8; networks.patch_rule); from sizes and spacing
     "batch_labelled": None,  # GPU 4, CPU 2
@@ -44,7 +49,9 @@ DEFAULTS: Dict[str, Any] = {
     "ct_window": [-1000.0, 1000.0],
     "fg_fraction": 0.5,
     "optimizer": {
+        "name": "sgd",  # sgd (released DyCON) | adamw (training/optimizers.py)
         "lr": 0.01,
+        "nesterov": False,  # sgd only
         "momentum": 0.9,
         "weight_decay": 1e-4,
         "grad_clip": 1.0,
@@ -180,6 +187,7 @@ def resolve_config(config: dict, device, image_shapes: Sequence, spacings: Seque
     import numpy as np
 
     from .data.sampling import default_patch_size
+    from .training.optimizers import check_optimizer_options
     from .networks import patch_rule, spacing_options
 
     out = copy.deepcopy(config)
@@ -211,6 +219,7 @@ def resolve_config(config: dict, device, image_shapes: Sequence, spacings: Seque
     out["patch_size"] = [int(p) for p in patch]
     out["sw_overlap"] = sliding_window_overlap(out, device)
     resolve_schedule_length(out, on_gpu)
+    check_optimizer_options(out["optimizer"])
     if int(out["batch_labelled"]) < 1:
         raise InputError("batch_labelled must be >= 1.", "Every step needs a labelled patch; use 1 or more.")
     out["device"] = str(device)
@@ -228,11 +237,12 @@ def resolve_schedule_length(config: dict, on_gpu: bool) -> None:
     config["iterations"] = iterations
     if iterations > 0:
         return
-    if config["optimizer"]["schedule"] != "constant":
+    if config["optimizer"]["schedule"] != "constant" and not (config.get("time_budget_min") and config.get("schedule_to_budget")):
         raise InputError(
             f"A continuous run (iterations 0) cannot use the '{config['optimizer']['schedule']}' learning-rate "
             "schedule: it decays towards an end the run does not have.",
-            'Set "optimizer": {"schedule": "constant"}, or give the run a number of iterations.',
+            'Set "optimizer": {"schedule": "constant"}, give the run a number of iterations, or give it a time '
+            'budget with "schedule_to_budget": true (the schedule then ends at the budget).',
         )
     ramp = config.get("ramp_iterations")
     if ramp is None:

@@ -308,3 +308,34 @@ def test_resume_with_a_new_budget_continues_a_finished_budget_run(tiny_workspace
     finished = sink.of("finished")[0]
     assert finished["iterations"] == 7 and finished["time_budget_s"] == 240.0
     assert json.loads((tiny_workspace / "runs" / "again" / "config.json").read_text())["time_budget_min"] == 4.0
+
+
+# ---- schedules paced by the budget (schedule_to_budget) ---------------------------------------------
+def test_paced_total_by_hand_and_the_typical_step_is_the_median():
+    # 300 s budget, 90 s spent, 77 s to finish: 133 s left = 4 steps of 30 s after iteration 1.
+    assert tb.paced_total(1, 300.0, 90.0, 77.0, 30.0) == 5
+    assert tb.paced_total(5, 300.0, 210.0, 77.0, 30.0) == 6  # no room left: T stays above t
+    budget = tb.TimeBudget(60.0)
+    budget.record_step(9.0, first_of_part=True)
+    assert budget.typical_step_s == 9.0
+    for seconds in (2.0, 8.0, 3.0):
+        budget.record_step(seconds)
+    assert budget.typical_step_s == 3.0 and budget.next_step_s == 8.0
+
+
+def test_poly_needs_an_end_unless_the_budget_paces_the_schedule(tiny_workspace, one_thread):
+    with pytest.raises(InputError, match="schedule_to_budget"):
+        run_training(tiny_workspace, "poly-continuous", time_budget_min=5, optimizer={"schedule": "poly"})
+
+
+def test_a_paced_run_decays_its_rate_to_the_budget_end(tiny_workspace, one_thread, fake_time):
+    # As in the first fake-clock run: T = 5 before steps 2-5 (e.g. before step 2: 1 + (300 - 90 - 77) // 30),
+    # so poly's progress t / T is 1/5 .. 4/5; step 1 comes before any estimate (progress 0).
+    state, sink = run_training(tiny_workspace, "paced", predict_cases="all", first_prediction_at=1, time_budget_min=5,
+                               schedule_to_budget=True, optimizer={"schedule": "poly", "lr": 0.01})
+    assert state == "finished" and sink.of("finished")[0]["iterations"] == 5
+    rates = [p["lr"] for p in sink.of("progress")]
+    assert rates == pytest.approx([0.01 * (1 - t / 5) ** 0.9 for t in range(5)])
+    unpaced_state, unpaced = run_training(tiny_workspace, "unpaced", predict_cases="all", first_prediction_at=1,
+                                          time_budget_min=5)
+    assert [p["lr"] for p in unpaced.of("progress")] == [0.01] * 5  # constant: the continuous schedule

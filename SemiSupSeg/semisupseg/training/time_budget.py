@@ -28,6 +28,13 @@ with every term an estimate made as late as possible, from this run's own measur
   first_overlay volumes, and 10x on the demo's first step (276 s estimated, 28 s measured: the run
   stopped after one iteration), which is why the window is now timed.
 
+**Schedules paced by the budget** (config ``schedule_to_budget``). A run that trains until its
+budget has no planned T, so by default its schedules play out over ``ramp_iterations`` like a
+continuous run's. With ``schedule_to_budget`` its T is instead re-estimated before every step as
+the iterations the budget leaves room for (``paced_total``): the learning-rate schedule (``poly``
+is then allowed) and the methods' ramps run their whole course within the budget, as a finite run
+of that length would.
+
 At least one iteration is trained in a run that has none, whatever the estimates (a budget
 shorter than one step plus the prediction is then overrun, and the ``budget_reached`` event says
 by how much it was expected to be). A continuous run (``--continuous``) with a budget trains until
@@ -94,6 +101,18 @@ def prediction_from_window(case_shapes: Iterable[Sequence[int]], reference_voxel
 def post_seconds(cases: int, reference_voxels: int) -> float:
     """post(cases, voxels) = POST_SECONDS_PER_CASE * cases + POST_SECONDS_PER_VOXEL * voxels."""
     return POST_SECONDS_PER_CASE * cases + POST_SECONDS_PER_VOXEL * reference_voxels
+
+
+def paced_total(iteration: int, budget_s: float, elapsed_s: float, finish_s: float, step_s: float) -> int:
+    """The iterations a run that trains until its budget is expected to reach:
+
+        T = t + floor((budget - elapsed - finish) / step)
+
+    ``step`` is a typical step (the median of the recent ones, not the longest the stopping rule
+    uses: T sets where the schedules stand, and a T too short would end the ramps early), at least
+    t + 1 so that progress t / T stays below 1 while training goes on."""
+    left = max(0.0, budget_s - elapsed_s - finish_s)
+    return max(iteration + 1, iteration + int(left // max(step_s, 1e-9)))
 
 
 def must_stop(budget_s: float, elapsed_s: float, next_step_s: float, finish_s: float) -> bool:
@@ -163,6 +182,14 @@ class TimeBudget:
     def next_step_s(self) -> float:
         if self.steps:
             return max(self.steps)
+        return self.first_step_s or 0.0
+
+    @property
+    def typical_step_s(self) -> float:
+        """The median of the recent steps (the first step of a part until a second is timed)."""
+        if self.steps:
+            ordered = sorted(self.steps)
+            return ordered[len(ordered) // 2]
         return self.first_step_s or 0.0
 
     @property

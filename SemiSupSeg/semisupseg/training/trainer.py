@@ -47,8 +47,9 @@ from .compilation import compile_network
 from .distributed import Distributed, NullEvents
 from .devices import autocast_choice, device_description, empty_cache, is_mps_failure, mps_available, optimizer_to
 from .manifest import build_manifest
+from .optimizers import build_optimizer, check_resumable
 from .schedules import learning_rate
-from .time_budget import TimeBudget, must_stop, prediction_from_training, prediction_from_window
+from .time_budget import TimeBudget, must_stop, paced_total, prediction_from_training, prediction_from_window
 from .warm_start import class_names, warm_start
 from .workspace_watch import HELD_OUT, LABELLED, UNLABELLED, ContentDigests, WorkspaceChange, case_states, compare_states, file_stamp
 
@@ -132,6 +133,7 @@ class Trainer:
         self.total = int(self.config["iterations"])  # 0: continuous (until stopped or the budget)
         self.budget = TimeBudget.from_config(self.config)  # None: no time budget
         self._stepped, self._window_s = False, None  # a part's first step; one window's timed forward
+        self._paced_total = 0  # schedule_to_budget: T as last estimated (0: not yet)
         self.fell_back_to_cpu = False
         self.method = self._build_method()
         # A warm-started teacher continues its average: the EMA sees iterations counted from the
@@ -140,12 +142,7 @@ class Trainer:
         self.ema_offset = 0
         if self.config.get("init_from") and not resume:
             self._warm_start()
-        self.optimizer = torch.optim.SGD(
-            self.method.trainable_parameters(),
-            lr=self.config["optimizer"]["lr"],
-            momentum=self.config["optimizer"]["momentum"],
-            weight_decay=self.config["optimizer"]["weight_decay"],
-        )
+        self.optimizer = build_optimizer(self.method.trainable_parameters(), self.config["optimizer"])
         self.sampler = self._build_sampler()
         self.dist.wrap(self.method, self.device)
         self.dist.seed_rank(int(self.config["seed"]))
@@ -171,6 +168,18 @@ class Trainer:
     def ramp_length(self) -> int:
         """Iterations over which a continuous run's schedules play out (0: a run with an end)."""
         return int(self.config["ramp_iterations"]) if self.continuous else 0
+
+    @property
+    def paced_by_budget(self) -> bool:
+        """A run that trains until its budget, with schedules paced by it (time_budget.paced_total)."""
+        return bool(self.budget and self.continuous and self.config["schedule_to_budget"])
+
+    def schedule_horizon(self) -> tuple:
+        """(T, ramp_length) of the next step's StepContext: the budget's estimated T once a paced
+        run has timed its steps (before that, the continuous ramps, still at their start)."""
+        if self.paced_by_budget and self._paced_total:
+            return self._paced_total, 0
+        return self.total, self.ramp_length
 
     # ---- setup -------------------------------------------------------------------------
     def _prepare(self, config: dict) -> dict:
@@ -271,6 +280,7 @@ class Trainer:
                 "Resume with the run's own config.json.",
             )
         self.method.load_state_dict(state["model"])
+        check_resumable(self.optimizer, state["optimizer"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.iteration = int(state["iteration"])
         self.resumed_seconds = float(state.get("train_seconds", 0.0))  # absent in older checkpoints
@@ -291,7 +301,8 @@ class Trainer:
     # ---- the loop ------------------------------------------------------------------------
     def step(self) -> Optional[dict]:
         """One iteration; returns the loss parts (tensors) or None when the step was skipped."""
-        ctx = StepContext(self.iteration, self.total, self.autocast_dtype, self.device, ramp_length=self.ramp_length)
+        total, ramp_length = self.schedule_horizon()
+        ctx = StepContext(self.iteration, total, self.autocast_dtype, self.device, ramp_length=ramp_length)
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(self.config["optimizer"]["lr"], ctx.progress, self.config["optimizer"]["schedule"])
         batch = self.sampler.sample(int(self.config["batch_labelled"]), int(self.config["batch_unlabelled"]))
@@ -421,6 +432,9 @@ class Trainer:
         next_step = self.budget.next_step_s + self._periodic_work_s(self.iteration + 1)
         prediction, how = self._prediction_s(self.cases_to_predict() if self.config["predict_cases"] != "none" else [])
         finish = self.budget.final_save_s + prediction
+        if self.paced_by_budget:
+            self._paced_total = paced_total(self.iteration, self.budget.budget_s, elapsed, finish,
+                                            self.budget.typical_step_s)
         if not must_stop(self.budget.budget_s, elapsed, next_step, finish):
             return False
         minutes = self.budget.budget_s / 60
