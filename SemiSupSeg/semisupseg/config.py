@@ -45,12 +45,19 @@ DEFAULTS: Dict[str, Any] = {
     "patch_size": None,  # (x, y, z), multiples of 16 (thin slabs: z of 8; networks.patch_rule); from sizes and spacing
     "batch_labelled": None,  # GPU 4, CPU 2
     "batch_unlabelled": None,  # GPU 4, CPU 2; 0 for supervised-only
-    "target_spacing": None,  # mm (x, y, z) to resample to; None keeps each image's grid
+    "target_spacing": None,  # mm (x, y, z) to resample to; None keeps each image's grid (on a GPU)
+    # Off a CUDA GPU with target_spacing None: large cases (median over 2^17 voxels) train on a grid
+    # of at least this many mm per axis (data/training_grid.py); null: each image's grid everywhere.
+    "cpu_min_spacing_mm": 1.6,
     "ct_window": [-1000.0, 1000.0],
     "fg_fraction": 0.5,
     "optimizer": {
         "name": "sgd",  # sgd (released DyCON) | adamw (training/optimizers.py)
-        "lr": 0.01,
+        # None: the device's default (DEFAULT_LR): 0.01 on a GPU, the released DyCON's rate for its
+        # 20000 iterations; 0.05 on the CPU, where runs are a few hundred iterations: on LA, a 5-minute
+        # budget reached held-out Dice 0.757 at 0.05 against 0.680 at 0.01 (0.756 at 0.1;
+        # docs/benchmarks.md, time_to_quality).
+        "lr": None,
         "nesterov": False,  # sgd only
         "momentum": 0.9,
         "weight_decay": 1e-4,
@@ -108,6 +115,7 @@ DEFAULTS: Dict[str, Any] = {
 # far slower than the GPUs these were sized for; see training/devices.py).
 GPU_DEFAULTS = {"iterations": 6000, "batch_labelled": 4, "batch_unlabelled": 4, "sw_overlap": 0.5}
 CPU_DEFAULTS = {"iterations": 300, "batch_labelled": 2, "batch_unlabelled": 2, "sw_overlap": 0.25}
+DEFAULT_LR = {"gpu": 0.01, "cpu": 0.05}  # optimizer.lr when the configuration leaves it None
 
 
 def sliding_window_overlap(config: dict, device) -> float:
@@ -219,6 +227,8 @@ def resolve_config(config: dict, device, image_shapes: Sequence, spacings: Seque
     out["patch_size"] = [int(p) for p in patch]
     out["sw_overlap"] = sliding_window_overlap(out, device)
     resolve_schedule_length(out, on_gpu)
+    if out["optimizer"].get("lr") is None:
+        out["optimizer"]["lr"] = DEFAULT_LR["gpu" if on_gpu else "cpu"]
     check_optimizer_options(out["optimizer"])
     if int(out["batch_labelled"]) < 1:
         raise InputError("batch_labelled must be >= 1.", "Every step needs a labelled patch; use 1 or more.")

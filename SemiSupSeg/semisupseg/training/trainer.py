@@ -45,6 +45,7 @@ from .case_split import CaseSplit, split_cases
 from .checkpoint import load_checkpoint, save_checkpoint
 from .compilation import compile_network
 from .distributed import Distributed, NullEvents
+from .derived_settings import derived_config
 from .devices import autocast_choice, device_description, empty_cache, is_mps_failure, mps_available, optimizer_to
 from .manifest import build_manifest
 from .optimizers import build_optimizer, check_resumable
@@ -126,6 +127,8 @@ class Trainer:
         self.device = self.dist.device(resolve_device(config["device"]))
         self.dist.start(self.device)
         self.num_classes = self.spec.num_classes
+        if not resume:  # a resumed run's config.json holds what it derived
+            config = derived_config(config, workspace, self.device.type, training_cases + self.split.held_out)
         self.prepared = self._prepare(config)
         shapes = [p.image.shape for p in self.prepared.values()]
         spacings = [p.spacing for p in self.prepared.values()]
