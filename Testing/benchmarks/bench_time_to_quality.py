@@ -108,8 +108,8 @@ def record_for(args, minutes: float, run_dir: Path, wall, device: str, figures: 
     started = [e for e in events if e.get("event") == "started"][0]
     config = json.loads((run_dir / "config.json").read_text())
     return bc.record(
-        BENCHMARK, "budgets", f"{args.variant}|{args.method}|{minutes:g}min", device,
-        variant=args.variant, changes=json.dumps(args.changes, separators=(",", ":")) if args.changes else "-",
+        BENCHMARK, "budgets", f"{args.variant}|{args.method}|{minutes:g}min{bench_la.seed_suffix(args.seed, '|')}", device,
+        variant=args.variant, seed=args.seed, changes=json.dumps(args.changes, separators=(",", ":")) if args.changes else "-",
         method=args.method, budget_min=minutes,
         wall_s=round(wall, 1) if wall is not None else "reused",
         run_s=round(float(finished.get("total_seconds", finished["seconds"])), 1),
