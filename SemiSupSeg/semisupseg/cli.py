@@ -37,6 +37,7 @@ def add_train_parser(sub) -> None:
 
 
 def run_train(args) -> int:
+    from .training.distributed import Distributed
     from .training.trainer import train_workspace
 
     if args.continuous and args.iterations is not None:
@@ -48,7 +49,9 @@ def run_train(args) -> int:
     iterations = 0 if args.continuous else args.iterations
     overrides = {"method": args.method, "iterations": iterations, "device": args.device, "seed": args.seed,
                  "init_from": args.init_from, "time_budget_min": args.time_budget}
-    train_workspace(args.workspace, args.config, overrides, args.run_id, args.resume, args.events)
+    state = train_workspace(args.workspace, args.config, overrides, args.run_id, args.resume, args.events)
+    if state == "finished":
+        Distributed.from_environment().exit_helper_rank()  # torchrun: ranks > 0 end here (distributed.py)
     return 0
 
 

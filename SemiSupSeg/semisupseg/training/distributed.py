@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -102,6 +103,17 @@ class Distributed:
     def enabled(self) -> bool:
         return self.world_size > 1
 
+    def exit_helper_rank(self) -> None:
+        """End a rank other than 0 now, its run finished and its group left (``close``): skip the
+        interpreter's finalisation, where gloo's threads were seen to abort the process after a
+        finished run (see ``close``) and torchrun then reports the whole run as failed. Such a rank
+        writes no files and no events; its output streams are flushed first. No-op on rank 0 and
+        outside torchrun."""
+        if self.enabled and not self.is_main:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
+
     @property
     def is_main(self) -> bool:
         return self.rank == 0
@@ -135,8 +147,17 @@ class Distributed:
             dist.barrier()
 
     def close(self) -> None:
+        """Leave the process group. The DDP wrapper (its reducer holds gloo work objects and
+        buckets of tensors) is freed first, while the group is alive: left to the interpreter's
+        finalisation, after the group is gone, a rank was seen to abort at exit ("terminate called
+        without an active exception", SIGABRT) after a finished run, failing a resumed two-rank
+        run in CI (gloo's worker threads still held such work; pytorch/pytorch#179291)."""
+        import gc
+
         import torch.distributed as dist
 
+        self._ddp = None
+        gc.collect()
         if self._owns_group and dist.is_initialized():
             dist.destroy_process_group()
             self._owns_group = False
