@@ -112,6 +112,7 @@ class Source:
     start_labelled: List[str]
     pool: List[str]
     held_out: List[str]
+    variant: str = ""  # --variant: its own folders, record keys and tables
 
 
 def la_source(root: Path) -> Source:
@@ -148,9 +149,19 @@ def synthetic_source(folder: Path) -> Source:
 
 
 # --------------------------------------------------------------------------- settings
+# What a Train click leaves to the engine; ``--engine-defaults`` leaves them to it here too (its CPU grid
+# of at least 1.6 mm, automatic patch and batch: issue 15's time-to-quality defaults).
+ENGINE_DECIDES = ("target_spacing", "network_options", "patch_size", "batch_labelled", "batch_unlabelled",
+                  "method_options")
+
+
 def la_config(args, iterations: int, seed: int) -> dict:
-    """bench_la's CPU-scale configuration for the default method, with this benchmark's split."""
+    """bench_la's CPU-scale configuration for the default method, with this benchmark's split
+    (``--engine-defaults``: the engine's own CPU defaults instead of bench_la's fixed grid and patch)."""
     config = bench_la.run_config(bench_la.CPU_SETTING, args.method, 4, iterations, args.device, seed)
+    if args.engine_defaults:
+        for key in ENGINE_DECIDES:
+            config.pop(key)
     return finish_config(config)
 
 
@@ -573,11 +584,13 @@ def engine_version() -> str:
 def settings_figures(args) -> dict:
     return {"method": args.method, "start_iterations": args.start_iterations, "round_iterations": args.round_iterations,
             "candidates": args.candidates, "held_out_cases": args.held_out, "cases_per_round": args.cases_per_round,
-            "budget_fraction": args.budget_fraction, "threads": args.threads}
+            "budget_fraction": args.budget_fraction, "threads": args.threads,
+            **({"engine_defaults": True} if args.engine_defaults else {})}
 
 
 def table_name(source: Source, table: str) -> str:
-    return table if source.name != "smoke" else f"smoke_{table}"
+    name = table if not source.name.startswith("smoke") else f"smoke_{table}"
+    return f"{name}_{source.variant}" if source.variant else name
 
 
 # --------------------------------------------------------------------------- comparisons
@@ -708,6 +721,11 @@ def parse_args(argv=None):
     p.add_argument("--plot", type=Path, help="PNG path (default .bench/annotation_loop/<setting>-dice_vs_edited.png)")
     p.add_argument("--measure", action="store_true", help="only measure the pieces of a round (the budget's inputs)")
     p.add_argument("--measure-iterations", type=int, default=6)
+    p.add_argument("--engine-defaults", action="store_true",
+                   help="train with the engine's CPU defaults (grid >= 1.6 mm, automatic patch) instead of bench_la's "
+                        "1.25 mm grid and 64x64x48 patch")
+    p.add_argument("--variant", help="name of a variant of the protocol: its folders, record keys and plot are "
+                                     "<setting>-<variant>, so the main rows stay")
     p.add_argument("--smoke", "--quick", action="store_true", dest="smoke",
                    help="the whole pipeline on a tiny synthetic workspace (supervised, 2 rounds, 2 iterations)")
     args = p.parse_args(argv)
@@ -742,6 +760,8 @@ def main(argv=None) -> int:
             bc.emit(bc.record(BENCHMARK, "status", "skipped", device, status="skipped: LA2018 folder absent"))
             return 0
         source, make_config = la_source(root), la_config
+    if args.variant:
+        source.name, source.variant = f"{source.name}-{args.variant}", args.variant
     if args.measure:
         measure_pieces(source, args, make_config, device)
         return 0
