@@ -149,18 +149,12 @@ def synthetic_source(folder: Path) -> Source:
 
 
 # --------------------------------------------------------------------------- settings
-# What a Train click leaves to the engine; ``--engine-defaults`` leaves them to it here too (its CPU grid
-# of at least 1.6 mm, automatic patch and batch: issue 15's time-to-quality defaults).
-ENGINE_DECIDES = ("target_spacing", "network_options", "patch_size", "batch_labelled", "batch_unlabelled",
-                  "method_options")
-
-
 def la_config(args, iterations: int, seed: int) -> dict:
     """bench_la's CPU-scale configuration for the default method, with this benchmark's split
     (``--engine-defaults``: the engine's own CPU defaults instead of bench_la's fixed grid and patch)."""
     config = bench_la.run_config(bench_la.CPU_SETTING, args.method, 4, iterations, args.device, seed)
     if args.engine_defaults:
-        for key in ENGINE_DECIDES:
+        for key in bench_la.ENGINE_DECIDES:
             config.pop(key)
     return finish_config(config)
 

@@ -40,7 +40,6 @@ import bench_la  # noqa: E402
 
 BENCHMARK = "time_to_quality"
 LABELLED = 8
-ENGINE_DECIDES = ("target_spacing", "network_options", "patch_size", "batch_labelled", "batch_unlabelled", "method_options")
 SMOKE_CONFIG = {"network_options": {"widths": [4, 8, 16, 32, 64]}, "patch_size": [32, 32, 16], "target_spacing": None,
                 "split": {"labelled": 2, "unlabelled": "3-4", "held_out": "5-6"}, "checkpoint_every": 5}
 
@@ -69,7 +68,7 @@ def run_config(args, minutes: float) -> dict:
     set 100 000 iterations, a finite run whose ramps (fractions of T) then never left 0.7 % of
     their end values: the semi-supervised losses were off in every budget row before 2026-11-28."""
     config = bench_la.run_config(bench_la.CPU_SETTING, args.method, LABELLED, None, args.device, args.seed)
-    for key in ENGINE_DECIDES:  # the LA benchmark's CPU scale fixes these; a Train click leaves them to the engine
+    for key in bench_la.ENGINE_DECIDES:  # the LA benchmark's CPU scale fixes these; a Train click leaves them to the engine
         config.pop(key)
     config.update(time_budget_min=minutes, predict_cases="held_out")
     if args.smoke:
