@@ -160,7 +160,7 @@ def analyse_case(prepared, truth: np.ndarray, predictor: CasePredictor, sources,
     import torch
     from semisupseg.inference.predictor import maps_on_reference, uncertain_regions
     from semisupseg.inference.regions import boundary_band
-    from semisupseg.inference.uncertainty_sources import error_probability, source_map
+    from semisupseg.inference.uncertainty_sources import source_map
 
     image = torch.from_numpy(np.ascontiguousarray(prepared.image))
     reference = prepared.reference
@@ -182,7 +182,7 @@ def analyse_case(prepared, truth: np.ndarray, predictor: CasePredictor, sources,
                 np.savez(cache, value=value_ref.astype(np.float16), probs=probs_ref.astype(np.float16), seconds=seconds)
         value_ref = value_ref.astype(np.float32)
         probs_ref = probs_ref.astype(np.float32)
-        if pred is None:  # the first source fixes the plain prediction and its errors
+        if pred is None:  # entropy (first) fixes the plain prediction and its errors
             pred = probs_ref.argmax(0).astype(np.int64)
             errors = pred != truth
             far = errors & far_from_boundary(pred, reference.GetSpacing())
@@ -192,9 +192,12 @@ def analyse_case(prepared, truth: np.ndarray, predictor: CasePredictor, sources,
             # its own generator: the other columns' random boxes stay those of runs without the oracle
             row["oracle"] = oracle_figures(errors, pred, band, reference, region_cfg, args.top, args.draws,
                                            np.random.default_rng(1))
-        # Regions rank by expected errors: 1 - max_c p_c for the entropy map (what the engine does),
-        # the map itself for the other sources.
-        wrong = error_probability(torch.from_numpy(probs_ref)).numpy() if source == "entropy" else value_ref
+        # Regions rank by expected errors of the shown prediction: 1 - p(pred) under the source's
+        # probabilities for the entropy map (= 1 - max_c p_c: what the engine does) or with --rank-by
+        # probs (flip_tta: the flip average's chance that the plain label is wrong); the map itself
+        # otherwise (--rank-by map).
+        by_probs = args.rank_by == "probs" or (args.rank_by == "auto" and source == "entropy")
+        wrong = 1.0 - np.take_along_axis(probs_ref, pred[None], axis=0)[0] if by_probs else value_ref
         regions, masks = uncertain_regions(value_ref, pred, reference, region_cfg, wrong, return_masks=True)
         figures = {"seconds": round(seconds, 2), "auroc": bc.auroc(value_ref, errors),
                    "auroc_far": bc.auroc(value_ref, far) if far.any() else float("nan"),
@@ -264,6 +267,10 @@ def main(argv=None) -> int:
     p.add_argument("--region-config", type=json.loads, default={},
                    help="JSON overriding the run's region settings, e.g. '{\"max_extent_mm\": 30}' (a variant)")
     p.add_argument("--variant", default="", help="name of the region variant in the record keys")
+    p.add_argument("--rank-by", default="auto", choices=["auto", "probs", "map"],
+                   help="expected errors that rank regions: 1 - p(plain label) under the source's probabilities "
+                        "(probs; flip_tta's are the flip average) or the source's map (map); auto: probs for "
+                        "entropy, map for the others")
     p.add_argument("--no-cache", action="store_true", help="predict again instead of reusing cached maps")
     p.add_argument("--quick", action="store_true", help="3 held-out cases, 5 draws")
     args = p.parse_args(argv)
@@ -289,7 +296,9 @@ def main(argv=None) -> int:
     args.cache_dir = None if args.no_cache else bc.BENCH_DIR / "uncertainty_errors" / "maps" / run_dir.name
     region_cfg = {**config["regions"], **args.region_config}
     predictor = CasePredictor(method, config, spec.num_classes, torch_device)
-    sources = [s for s in args.sources.split(",") if s]
+    # entropy goes first: its probabilities are the plain prediction whose errors every source is scored on
+    # (flip_tta's are the flip average, which labels some voxels differently)
+    sources = ["entropy"] + [s for s in args.sources.split(",") if s and s != "entropy"]
     held = split_cases(spec, config["split"]).held_out[: args.cases]
     rng = np.random.default_rng(0)
     rows, samples = [], []
@@ -305,7 +314,8 @@ def main(argv=None) -> int:
             f"bnd {row[s].get('errors_in_boundary', float('nan')):.3f} ({row[s]['seconds']:.0f} s)" for s in sources))
     run_key = run_dir.name + (f"+{args.variant}" if args.variant else "")
     common = {"run": run_key, "method": config["method"], "iterations": config["iterations"], "cases": len(rows),
-              "regions_changed": json.dumps(args.region_config, separators=(",", ":")) if args.region_config else "run's own"}
+              "regions_changed": json.dumps(args.region_config, separators=(",", ":")) if args.region_config else "run's own",
+              "rank_by": args.rank_by}
     per_case = bc.BENCH_DIR / "uncertainty_errors" / f"{run_key}-sources.json"
     per_case.parent.mkdir(parents=True, exist_ok=True)
     per_case.write_text(json.dumps(rows, indent=1, default=float))  # per-case figures stay out of the docs table

@@ -20,13 +20,11 @@ prediction to fit in it (``time_budget``); the device is chosen and described in
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import signal
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 import numpy as np
 import torch
@@ -40,21 +38,22 @@ from ..errors import InputError
 from ..events import EventWriter, log
 from ..methods import StepContext, build_method
 from ..networks import build_network
-from .case_split import CaseSplit, split_cases
+from .case_split import split_cases
 from .checkpoint import load_checkpoint, save_checkpoint
 from .compilation import compile_network
 from .derived_settings import derived_config
 from .distributed import Distributed, NullEvents
-from .devices import autocast_choice, device_description, empty_cache, is_mps_failure, mps_available, optimizer_to
+from .device_recovery import DeviceRecovery
+from .devices import autocast_choice, device_description, is_mps_failure, mps_available
 from .manifest import build_manifest
 from .optimizers import build_optimizer, check_resumable
 from .schedules import learning_rate
 from .budget_keeping import BudgetKeeping
 from .time_budget import TimeBudget
 from .warm_start import class_names, warm_start
-from .workspace_watch import HELD_OUT, LABELLED, UNLABELLED, ContentDigests, WorkspaceChange, case_states, compare_states, file_stamp
-
-PREDICT_REQUEST = "PREDICT"
+from .live_workspace import LiveWorkspace
+from .prediction_rounds import PredictionRounds
+from .workspace_watch import ContentDigests, case_states, file_stamp
 
 
 class CancelFlag:
@@ -106,8 +105,13 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-class Trainer(BudgetKeeping):
-    """Holds the state of one run: data, method, optimiser, schedule position, output folder."""
+class Trainer(BudgetKeeping, DeviceRecovery, LiveWorkspace, PredictionRounds):
+    """Holds the state of one run: data, method, optimiser, schedule position, output folder.
+
+    Its parts live in their own files: the time budget (budget_keeping), device fallback and
+    out-of-memory retries (device_recovery), the live workspace (live_workspace), prediction
+    rounds and requests (prediction_rounds).
+    """
 
     # Every duration the trainer measures (progress rates, train_seconds, the time budget) comes
     # from this clock; tests replace it with a fake one to check the budget's stopping rule.
@@ -390,306 +394,6 @@ class Trainer(BudgetKeeping):
         finally:
             self.cancel.uninstall()
 
-    # ---- what an Apple GPU lacks (devices.py) ---------------------------------------------------
-    def fall_back_to_cpu(self, error: BaseException) -> None:
-        """Move the run to the CPU after MPS refused an operation: method, optimiser state and
-        sampler (its random stream continues); config.json records the CPU; a ``notice`` says why."""
-        cpu = torch.device("cpu")
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
-        self.events.emit("notice", message=f"the Apple GPU (MPS) cannot run this run ({reason}); "
-                         "training goes on on the CPU (slower)", device=device_description(cpu))
-        self.device = cpu
-        self.method = self.method.to(cpu)
-        if self.channels_last:
-            self.method = self.method.to(memory_format=torch.channels_last_3d)
-        optimizer_to(self.optimizer, cpu)
-        stream = self.sampler.generator.get_state() if hasattr(self.sampler, "generator") else None
-        self.sampler = self._build_sampler()
-        if stream is not None:
-            self.sampler.generator.set_state(stream)
-        self.config["device"] = str(cpu)
-        self.fell_back_to_cpu = True
-        if self.dist.is_main:
-            save_json_atomic(self.config, self.run_dir / "config.json")
-
-    def shrink_after_out_of_memory(self) -> None:
-        """Retry smaller instead of failing: unlabelled batch, then labelled batch, then patch.
-
-        The step that ran out of memory is not counted (no optimiser step happened), so the
-        schedule is unchanged. The new sizes are written to config.json so a resume uses them.
-        """
-        self.optimizer.zero_grad(set_to_none=True)
-        empty_cache(self.device)
-        cfg = self.config
-        if cfg["batch_unlabelled"] > 1:
-            cfg["batch_unlabelled"] //= 2
-        elif cfg["batch_labelled"] > 1:
-            cfg["batch_labelled"] //= 2
-        else:
-            patch = list(cfg["patch_size"])
-            largest = max(range(3), key=lambda axis: patch[axis])
-            if patch[largest] <= 32:
-                raise InputError(
-                    "Out of GPU memory even with one labelled patch of the smallest size.",
-                    "Use --device cpu, a narrower network (network_options.widths) or a larger GPU.",
-                )
-            patch[largest] -= 16
-            cfg["patch_size"] = patch
-            self.sampler = self._build_sampler()
-        save_json_atomic(cfg, self.run_dir / "config.json")
-        self.events.emit(
-            "notice",
-            message="out of GPU memory: retrying with a smaller batch or patch",
-            batch_labelled=cfg["batch_labelled"],
-            batch_unlabelled=cfg["batch_unlabelled"],
-            patch_size=cfg["patch_size"],
-        )
-
-    def _prediction_due(self, it: int) -> bool:
-        cfg = self.config
-        if (not self.continuous and it >= self.total) or cfg["predict_cases"] == "none":
-            return False
-        early = cfg["first_prediction_at"] and it == cfg["first_prediction_at"]
-        periodic = cfg["predict_every"] and it % cfg["predict_every"] == 0
-        return bool(early or periodic)
-
-    # ---- the live loop: the workspace and prediction requests ------------------------------
-    def reload_workspace(self) -> Optional[WorkspaceChange]:
-        """Take in what changed in the workspace since the last look; returns the change (None: nothing).
-
-        Cheap when nothing changed: one stat of dataset.json and of each label file in use
-        (``workspace_watch``). A new or changed case that fails validation is reported once
-        (``warning``) and keeps its previous role and data; the others join the sampler at once.
-        A ``workspace_reloaded`` event lists the added, removed, relabelled and moved case ids.
-        """
-        loaded = self._load_changed_dataset()
-        if loaded is None:
-            return None
-        spec, split = loaded
-        states = case_states(split, self.digests)
-        change = compare_states(self.case_states, states)
-        roles = {case.id: (role, case) for role, cases in self._split_roles(split) for case in cases}
-        self._hold_back_invalid(spec, roles, states, change)
-        self.case_states = states  # also after a refusal below: it is reported once
-        if not change:
-            return None
-        try:
-            self._apply_roles(spec, roles, change)
-        except InputError as err:  # e.g. no labelled patch left to draw: train on as before
-            self.events.emit("warning", message=f"workspace changed but cannot be used yet: {err.message}", hint=err.hint)
-            return None
-        self.events.emit(
-            "workspace_reloaded",
-            added=change.added,
-            removed=change.removed,
-            relabelled=change.relabelled,
-            moved=change.moved,
-            label_sha256={case: states[case][1] for case in change.relabelled if states[case][1]},
-            labelled=len(self.split.labelled),
-            unlabelled=len(self.split.unlabelled),
-            held_out=len(self.split.held_out),
-            iteration=self.iteration,
-        )
-        return change
-
-    def _load_changed_dataset(self):
-        """(spec, split) to compare: re-read when dataset.json's stamp changed; None when unusable."""
-        stamp = file_stamp(self.workspace / "dataset.json")
-        if stamp == self.dataset_stamp:
-            return self.spec, self.split
-        self.dataset_stamp = stamp  # a broken file is reported once, until it changes again
-        try:
-            spec = load_dataset(self.workspace)
-            split = split_cases(spec, self.config["split"])
-        except InputError as err:
-            self.events.emit("warning", message=f"workspace changed but cannot be used yet: {err.message}", hint=err.hint)
-            return None
-        if spec.labels != self.spec.labels:
-            self.events.emit(
-                "warning",
-                message=f"the workspace's classes changed ({class_names(self.spec.labels)} -> {class_names(spec.labels)}); "
-                "this run keeps training on its own classes and cases",
-                hint="Start a new run for the new classes (without --init-from: the network's outputs differ).",
-            )
-            return None
-        return spec, split
-
-    def _hold_back_invalid(self, spec, roles: dict, states: dict, change: WorkspaceChange) -> None:
-        """Validate added and relabelled cases; one that fails keeps its previous role, data and
-        state (a new one stays out) and leaves ``change``, in place. Each failing file state is
-        reported once (``warning``) and not read again until its files change."""
-        old_roles = {case.id: (role, case) for role, cases in self._split_roles(self.split) for case in cases}
-        for case_id in change.added + change.relabelled:
-            if not self._refuses(spec, roles[case_id][1], states[case_id]):
-                self.refused.pop(case_id, None)
-                continue
-            change.discard(case_id)
-            if case_id in old_roles:
-                roles[case_id], states[case_id] = old_roles[case_id], self.case_states[case_id]
-            else:
-                del roles[case_id], states[case_id]
-
-    def _refuses(self, spec, case, state) -> bool:
-        """Whether ``case`` in this file ``state`` fails validation (a ``warning`` the first time)."""
-        if self.refused.get(case.id) == state:
-            return True
-        try:
-            validate_dataset(spec, cases=[case], require_labelled=False)
-            return False
-        except InputError as err:
-            self.refused[case.id] = state
-            self.events.emit("warning", case=case.id, message=f"case {case.id} changed but cannot be used yet: {err.message}",
-                             hint=err.hint)
-            return True
-
-    def _apply_roles(self, spec, roles: dict, change: WorkspaceChange) -> None:
-        """Prepare new and changed cases, drop removed ones, hand the sampler its new case lists.
-
-        All or nothing: the trainer's cases change only once the sampler accepted the new lists.
-        """
-        prepared = {}
-        for case_id, (role, case) in roles.items():
-            old = self.prepared.get(case_id)
-            changed = case_id in change.added or case_id in change.relabelled
-            if old is None or changed or (role == LABELLED) != (old.label is not None):
-                old = prepare_case(case, spec.modality, target_spacing=self.config["target_spacing"], with_label=role == LABELLED)
-            prepared[case_id] = old
-        by_role = {LABELLED: [], UNLABELLED: [], HELD_OUT: []}
-        for role, case in roles.values():
-            by_role[role].append(case)
-        split = CaseSplit(by_role[LABELLED], by_role[UNLABELLED], by_role[HELD_OUT])
-        try:
-            self._hand_to_sampler(prepared, split)
-        except InputError:
-            self._hand_to_sampler(self.prepared, self.split)  # the sampler may have let go of its cases
-            raise
-        self.prepared, self.spec, self.split = prepared, spec, split
-
-    def _hand_to_sampler(self, prepared: dict, split) -> None:
-        unlabelled = [prepared[c.id] for c in split.unlabelled] if self.method.uses_unlabelled else []
-        self.sampler.replace_cases([prepared[c.id] for c in split.labelled], unlabelled)
-
-    @staticmethod
-    def _split_roles(split):
-        return ((LABELLED, split.labelled), (UNLABELLED, split.unlabelled), (HELD_OUT, split.held_out))
-
-    def serve_predict_request(self) -> bool:
-        """Predict the cases listed in the run folder's ``PREDICT`` file (a JSON list of case ids).
-
-        The request is taken by renaming it first, so a new request written meanwhile is kept for
-        the next boundary; it is removed once read. Unknown ids are looked for in the workspace
-        once (a case just added), then reported with a ``warning``; the known ones are predicted.
-        A file that is not a JSON list of ids gives a ``warning`` and is removed. Returns whether
-        any case was predicted.
-        """
-        if not self.dist.is_main:
-            return False
-        request = self.run_dir / PREDICT_REQUEST
-        if not request.exists():
-            return False
-        taken = self.run_dir / f".{PREDICT_REQUEST}.taken"
-        try:
-            os.replace(request, taken)
-            case_ids = json.loads(taken.read_text())
-        except FileNotFoundError:  # the client removed it again
-            return False
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            case_ids = err
-        finally:
-            taken.unlink(missing_ok=True)
-        if not isinstance(case_ids, list) or not case_ids or not all(isinstance(c, str) for c in case_ids):
-            self.events.emit("warning", message=f"{PREDICT_REQUEST} request ignored: it must be a JSON list of case ids "
-                             f"(read: {str(case_ids)[:200]})", hint='Write e.g. ["case0", "case3"] (atomically).')
-            return False
-        unknown = [c for c in case_ids if c not in self.prepared]
-        if unknown:
-            self.reload_workspace()
-            unknown = [c for c in case_ids if c not in self.prepared]
-        if unknown:
-            self.events.emit("warning", message=f"{PREDICT_REQUEST} request names unknown case ids {unknown[:10]}",
-                             hint=f"Cases of this run: {', '.join(list(self.prepared)[:10])}...")
-        known = list(dict.fromkeys(c for c in case_ids if c in self.prepared))
-        if known:
-            self.predict(round_name="request", case_ids=known)
-        return bool(known)
-
-    # ---- prediction ----------------------------------------------------------------------
-    def cases_to_predict(self) -> List[str]:
-        which = self.config["predict_cases"]
-        groups = {
-            "all": self.split.labelled + self.split.unlabelled + self.split.held_out,
-            "training": self.split.labelled + self.split.unlabelled,
-            "held_out": self.split.held_out,
-        }
-        return [c.id for c in groups.get(which, [])]
-
-    def predict(self, round_name: str, case_ids: Optional[List[str]] = None) -> None:
-        """Predict ``case_ids`` (default: the configured ``predict_cases``) with the usual events.
-
-        A round of some cases only (a ``PREDICT`` request) keeps the other cases' regions in
-        ``regions.json``: the annotator's "next uncertain region" still covers every case.
-        """
-        if not self.dist.is_main:  # rank 0 predicts for the run
-            return
-        some_only = case_ids is not None
-        previous = read_regions(self.run_dir) if some_only else None
-        cases = [self.prepared[i] for i in (case_ids if some_only else self.cases_to_predict())]
-        started = self.clock()
-        try:
-            self._predict_cases(cases, round_name)
-        except (RuntimeError, NotImplementedError) as err:
-            if self.fell_back_to_cpu or not is_mps_failure(self.device, err):
-                raise
-            self.fall_back_to_cpu(err)
-            started = self.clock()
-            self._predict_cases(cases, round_name)
-        if self.budget:  # every round timed: the final round's estimate comes from them
-            self.budget.record_prediction(self.clock() - started, sum(int(case.image.size) for case in cases))
-        if previous is not None:
-            keep_other_cases_regions(self.run_dir, previous, known=set(self.prepared))
-
-    def _predict_cases(self, cases: list, round_name: str) -> None:
-        from ..inference.predictor import predict_cases
-
-        predict_cases(
-            networks=self.method.inference_networks(),
-            cases=cases,
-            run_dir=self.run_dir,
-            config=self.config,
-            num_classes=self.num_classes,
-            device=self.device,
-            events=self.events,
-            round_name=round_name,
-            iteration=self.iteration,
-        )
-
-
-def read_regions(run_dir: Path) -> Optional[dict]:
-    """The run's regions.json as a dict, or None when there is none (or it cannot be read)."""
-    try:
-        return json.loads((run_dir / "regions.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def keep_other_cases_regions(run_dir: Path, previous: dict, known: set) -> None:
-    """Merge the regions and scores of cases of ``previous`` that the last round did not predict
-    (and that are still cases of the run) back into regions.json; case_order is re-ranked."""
-    from ..inference.regions import write_regions_json
-    from ..inference.scores import rank_cases
-
-    current = read_regions(run_dir)
-    if current is None:
-        return
-    kept = {case: regions for case, regions in previous.get("cases", {}).items()
-            if case in known and case not in current["cases"]}
-    if not kept:
-        return
-    old_scores = previous.get("meta", {}).get("scores", {})
-    scores = {**{case: old_scores[case] for case in kept if case in old_scores}, **current["meta"].get("scores", {})}
-    meta = {**current["meta"], "scores": scores, "case_order": rank_cases(scores, order="uncertainty"),
-            "cases_of_this_round": sorted(current["cases"])}
-    write_regions_json(run_dir / "regions.json", {**kept, **current["cases"]}, meta)
 
 
 def train_workspace(
