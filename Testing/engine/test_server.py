@@ -389,6 +389,12 @@ def test_damaged_and_oversized_uploads_are_refused_and_leave_nothing(server, cli
     assert good["size"] == 1000 and (images / "a.nii.gz").read_bytes() == data
 
 
+def _progress_after_restart(events) -> bool:
+    """Whether a progress event follows the (last) "started" event: the resumed worker trains."""
+    starts = [i for i, e in enumerate(events) if e["event"] == "started"]
+    return bool(starts) and any(e["event"] == "progress" for e in events[starts[-1]:])
+
+
 def test_killed_server_restarts_and_the_job_resumes_from_its_checkpoint(tmp_path):
     root = tmp_path / "root"
     first = ServerProcess(root)
@@ -421,13 +427,14 @@ def test_killed_server_restarts_and_the_job_resumes_from_its_checkpoint(tmp_path
 
         resumed = client.post(f"/jobs/{job['id']}/resume")
         assert resumed["state"] in ("queued", "running")
-        more, _, _ = client.events_until(
-            job["id"], lambda ev: sum(e["event"] == "progress" for e in ev) >= 2, offset=offset)
+        more, _, _ = client.events_until(job["id"], _progress_after_restart, offset=offset)
         kinds = [e["event"] for e in more]
         assert "interrupted" in kinds
         restarted = next(e for e in more if e["event"] == "started")
         assert restarted["start_iteration"] == checkpoint_iteration
-        first_progress = next(e for e in more if e["event"] == "progress")
+        # the killed server's worker may have logged progress after `offset` before it was stopped:
+        # the resumed worker's first progress is the first one after its "started"
+        first_progress = next(e for e in more[more.index(restarted):] if e["event"] == "progress")
         assert first_progress["iteration"] == checkpoint_iteration + 1
         client.post(f"/jobs/{job['id']}/stop")
         _, _, reply = client.events_until(job["id"], lambda ev: False, offset=offset)
