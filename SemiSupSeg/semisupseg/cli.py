@@ -62,6 +62,8 @@ def add_predict_parser(sub) -> None:
     p.add_argument("--checkpoint", type=Path, help="checkpoint file (default: the run's last.pt)")
     p.add_argument("--mc-dropout", type=int, default=None, metavar="K", help="also write the MC-dropout mutual information (K passes)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--tta", choices=["off", "flips"],
+                   help="average over the trained x / y flips (flips) or not (off); default: the run's config")
 
 
 def run_predict(args) -> int:
@@ -82,6 +84,8 @@ def run_predict(args) -> int:
     args.events.attach(Path(args.run) / "events.jsonl")
     args.events.emit("started", run=Path(args.run).name, command="predict", device=str(device), cases=len(cases))
     prepared = [prepare_case(c, spec.modality, config["target_spacing"], with_label=False) for c in cases]
+    if args.tta:
+        config = {**config, "tta": args.tta}
     predict_cases(method.inference_networks(), prepared, Path(args.run), config, spec.num_classes, device, args.events,
                   round_name="predict", mc_samples=args.mc_dropout)
     args.events.emit("finished", command="predict")

@@ -51,6 +51,8 @@ def parse_args(argv=None):
     p.add_argument("--schedule", default="constant", choices=["constant", "poly"],
                    help="learning-rate schedule (poly decays to 0 at --iterations, or without it at the time "
                         "budget: schedule_to_budget)")
+    p.add_argument("--tta", default="off", choices=["off", "flips"],
+                   help="final prediction averaged over the trained x / y flips (the engine's tta)")
     p.add_argument("--patch", help="patch x,y,z (default: the engine's automatic patch, recorded in the row)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--seed", type=int, default=bl.DEFAULT_SEED, help="training seed")
@@ -98,6 +100,7 @@ def run_config(method: str, labelled: int, args) -> dict:
         "split": {"labelled": labelled, "unlabelled": f"{labelled + 1}-{UNLABELLED_END}",
                   "held_out": f"{HELD_OUT[0]}-{HELD_OUT[1]}"},
         "predict_cases": "held_out",
+        "tta": args.tta,
         "checkpoint_every": 100,
         "log_every": 10,
     }
@@ -107,7 +110,9 @@ def run_id_for(method: str, labelled: int, args) -> str:
     its = f"-it{args.iterations}" if args.iterations else ""
     patch = f"-p{args.patch.replace(',', 'x')}" if args.patch else ""
     schedule = "-poly" if args.schedule == "poly" else ""
-    return f"cpu-l{labelled}-{method}-b{args.time_budget:g}min{its}{patch}{schedule}{bl.seed_suffix(args.seed, '-')}"
+    tta = "-tta" if args.tta == "flips" else ""
+    return (f"cpu-l{labelled}-{method}-b{args.time_budget:g}min{its}{patch}{schedule}{tta}"
+            f"{bl.seed_suffix(args.seed, '-')}")
 
 
 def evaluate_held_out(run_dir: Path, truth_dir: Path, ids: list) -> dict:
@@ -160,7 +165,8 @@ def train_and_score(workspace: Path, truth_dir: Path, method: str, labelled: int
     ids = bl.case_ids(workspace, *HELD_OUT)
     figures = class_figures(evaluate_held_out(run_dir, truth_dir, ids))
     key = (f"cpu|held_out|l{labelled}|{method}|budget{args.time_budget:g}|it{args.iterations or 'budget'}|"
-           f"patch {args.patch or 'auto'}{'|poly' if args.schedule == 'poly' else ''}{bl.seed_suffix(args.seed, '|')}")
+           f"patch {args.patch or 'auto'}{'|poly' if args.schedule == 'poly' else ''}"
+           f"{'|tta flips' if args.tta == 'flips' else ''}{bl.seed_suffix(args.seed, '|')}")
     bc.emit(bc.record(
         BENCHMARK, "cpu_held_out", key, device,
         method=method, labelled=labelled, group=f"held_out ({HELD_OUT[0]}-{HELD_OUT[1]})", run=run_id,
@@ -171,6 +177,7 @@ def train_and_score(workspace: Path, truth_dir: Path, method: str, labelled: int
         threads=bl.trained_threads(events, args.threads or "default"),
         iterations=finished.get("iterations"),
         schedule=saved["optimizer"]["schedule"],
+        tta=saved.get("tta", "off"),
         run_seconds=round(float(finished.get("total_seconds", finished.get("seconds", 0.0))), 1),
         stopped_by=finished.get("stopped_by"),
         final_loss=round(float(losses.get("loss", float("nan"))), 3),

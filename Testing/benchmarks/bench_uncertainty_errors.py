@@ -5,7 +5,9 @@ exists, else a short CPU-scale DyCON run on the LA development protocol trained 
 held-out case is predicted here, in this process, with the run's final networks, once per
 uncertainty source (semisupseg.inference.uncertainty_sources: entropy, mutual_information
 (MC dropout), disagreement (student vs teacher), flip_tta). The errors are those of the plain
-prediction the annotator sees (argmax of the inference networks' mean softmax), on the image grid.
+prediction the annotator sees (argmax of the inference networks' mean softmax), on the image grid;
+with --tta flips, that prediction is the engine's with config tta "flips" (the mean over the trained
+flips), and the entropy source is that mean's entropy (column ``prediction``).
 Per source and case:
   - AUROC of the map for "this voxel is wrong" (rank-based, ties one half; pooled over cases on a
     random subsample of --pooled-voxels voxels per case) and for far errors only (errors farther
@@ -80,6 +82,11 @@ def far_from_boundary(pred: np.ndarray, spacing) -> np.ndarray:
     if not edge.any():
         return np.ones(pred.shape, dtype=bool)
     return ndimage.distance_transform_edt(~edge, sampling=spacing) > FAR_MM
+
+
+# Cached maps of a source whose definition changed get a new file name: flip_tta's flips became
+# the trained ones (none, x, y, x+y) on 2026-11-28; files without the tag hold the z-flip set.
+CACHE_TAGS = {"flip_tta": "-xy"}
 
 
 class CasePredictor:
@@ -160,6 +167,8 @@ def analyse_case(prepared, truth: np.ndarray, predictor: CasePredictor, sources,
     import torch
     from semisupseg.inference.predictor import maps_on_reference, uncertain_regions
     from semisupseg.inference.regions import boundary_band
+    from semisupseg.inference.flip_averaging import flip_averaged
+    from semisupseg.inference.uncertainty import normalised_entropy
     from semisupseg.inference.uncertainty_sources import source_map
 
     image = torch.from_numpy(np.ascontiguousarray(prepared.image))
@@ -167,13 +176,19 @@ def analyse_case(prepared, truth: np.ndarray, predictor: CasePredictor, sources,
     pred = errors = far = band = pick = None
     row, samples = {"case": prepared.id}, {}
     for source in sources:
-        cache = args.cache_dir / f"{prepared.id}-{source}.npz" if args.cache_dir else None
+        engine_tta = source == "entropy" and args.tta == "flips"  # the engine's prediction with config tta
+        tag = "-tta" if engine_tta else CACHE_TAGS.get(source, "")
+        cache = args.cache_dir / f"{prepared.id}-{source}{tag}.npz" if args.cache_dir else None
         if cache is not None and cache.exists():  # region variants re-use the maps (--region-config)
             stored = np.load(cache)
             value_ref, probs_ref, seconds = stored["value"], stored["probs"], float(stored["seconds"])
         else:
             started = time.perf_counter()
-            value, probs = source_map(source, predictor.method, image, predictor, mc_samples=args.mc_samples)
+            if engine_tta:  # what predict_cases writes with "tta": "flips": the flip mean and its entropy
+                probs = flip_averaged(lambda v: predictor(predictor.method.inference_networks(), v, 0)[0], image)
+                value = normalised_entropy(probs)
+            else:
+                value, probs = source_map(source, predictor.method, image, predictor, mc_samples=args.mc_samples)
             value_ref = maps_on_reference(value[None].float(), prepared, renormalise=False)[0]
             probs_ref = maps_on_reference(probs, prepared, renormalise=True)
             seconds = time.perf_counter() - started
@@ -267,6 +282,9 @@ def main(argv=None) -> int:
     p.add_argument("--region-config", type=json.loads, default={},
                    help="JSON overriding the run's region settings, e.g. '{\"max_extent_mm\": 30}' (a variant)")
     p.add_argument("--variant", default="", help="name of the region variant in the record keys")
+    p.add_argument("--tta", default="off", choices=["off", "flips"],
+                   help="flips: the entropy source is the engine's prediction with config tta 'flips' (the "
+                        "flip-averaged probabilities, their entropy; errors are that prediction's); name a --variant")
     p.add_argument("--rank-by", default="auto", choices=["auto", "probs", "map"],
                    help="expected errors that rank regions: 1 - p(plain label) under the source's probabilities "
                         "(probs; flip_tta's are the flip average) or the source's map (map); auto: probs for "
@@ -315,7 +333,7 @@ def main(argv=None) -> int:
     run_key = run_dir.name + (f"+{args.variant}" if args.variant else "")
     common = {"run": run_key, "method": config["method"], "iterations": config["iterations"], "cases": len(rows),
               "regions_changed": json.dumps(args.region_config, separators=(",", ":")) if args.region_config else "run's own",
-              "rank_by": args.rank_by}
+              "rank_by": args.rank_by, "prediction": "flip mean (tta flips)" if args.tta == "flips" else "plain"}
     per_case = bc.BENCH_DIR / "uncertainty_errors" / f"{run_key}-sources.json"
     per_case.parent.mkdir(parents=True, exist_ok=True)
     per_case.write_text(json.dumps(rows, indent=1, default=float))  # per-case figures stay out of the docs table

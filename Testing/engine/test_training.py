@@ -283,6 +283,12 @@ def test_predict_with_mc_dropout_writes_mutual_information_on_the_image_grid(tin
     assert regions["meta"]["case_order"] == ["case0"]
     rc = main(["predict", "--run", str(run), "--cases", "nope"])
     assert rc == 2
+    # --tta flips overrides the run's config for this prediction only
+    capsys.readouterr()
+    rc = main(["predict", "--run", str(run), "--cases", "case0", "--tta", "flips", "--device", "cpu"])
+    assert rc == 0
+    assert [e["case"] for e in read_events(capsys) if e["event"] == "prediction"] == ["case0"]
+    assert json.loads((run / "config.json").read_text())["tta"] == "off"
 
 
 def test_out_of_memory_retries_smaller_without_losing_the_schedule(tiny_workspace, monkeypatch):

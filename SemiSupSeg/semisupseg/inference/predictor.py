@@ -23,6 +23,7 @@ from .label_maps import labels_and_confidence
 from .regions import find_uncertain_regions, write_regions_json
 from .scores import case_score, rank_cases
 from .sliding_window import predict_probabilities
+from .flip_averaging import flip_averaged
 from .uncertainty import normalised_entropy
 
 
@@ -71,18 +72,24 @@ def predict_cases(
         for prepared in cases:
             started = time.perf_counter()
             image = torch.from_numpy(np.ascontiguousarray(prepared.image))
-            probs, mutual_info = predict_probabilities(
-                networks,
-                image,
-                tuple(config["patch_size"]),
-                num_classes,
-                overlap=sliding_window_overlap(config, device),
-                device=device,
-                sw_batch_size=int(config["sw_batch_size"]),
-                mc_samples=mc,
-                autocast_dtype=autocast,
-                on_notice=lambda message: events.emit("notice", case=prepared.id, message=message),
-            )
+
+            def predict(volume, samples=0, case_id=prepared.id):
+                return predict_probabilities(
+                    networks,
+                    volume,
+                    tuple(config["patch_size"]),
+                    num_classes,
+                    overlap=sliding_window_overlap(config, device),
+                    device=device,
+                    sw_batch_size=int(config["sw_batch_size"]),
+                    mc_samples=samples,
+                    autocast_dtype=autocast,
+                    on_notice=lambda message: events.emit("notice", case=case_id, message=message),
+                )
+
+            probs, mutual_info = predict(image, mc)
+            if config.get("tta", "off") == "flips":  # MC dropout (if any) runs on the unflipped image only
+                probs = flip_averaged(lambda volume: predict(volume)[0], image, first=probs)
             probs_ref = maps_on_reference(probs, prepared, renormalise=True)
             labelmap, top_probability = labels_and_confidence(probs_ref)
             entropy = normalised_entropy(torch.from_numpy(probs_ref)).numpy().astype(np.float32)

@@ -11,7 +11,9 @@ is in [0, 1] on the grid of the image given, shape (X, Y, Z):
 - ``disagreement``: two networks trained together, a and b (a mean teacher's student and EMA
   teacher; the dual method's two students): total variation 0.5 * sum_c |p_a,c - p_b,c|.
 - ``flip_tta``: the same mutual-information formula over test-time flips: the inference
-  networks on the image flipped along none, x, y and z, each prediction flipped back.
+  networks on the image flipped along none, x, y and x+y (the flips training used:
+  flip_averaging.TRAINED_FLIPS), each prediction flipped back. Until 2026-11-28 the set was
+  none, x, y, z; a z flip is an image training never showed (on ACDC it wrecks the prediction).
 
 ``error_probability(probs)`` = 1 - max_c p_c: for a calibrated model the chance the predicted
 class is wrong; regions.py sums it to rank regions by expected errors.
@@ -23,12 +25,13 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from .flip_averaging import TRAINED_FLIPS, flipped_back
 from .uncertainty import mutual_information, normalised_entropy
 
 __all__ = ["SOURCES", "disagreement_pair", "total_variation", "flipped_probabilities", "error_probability", "source_map"]
 
 SOURCES = ("entropy", "mutual_information", "disagreement", "flip_tta")
-FLIP_AXES: tuple[tuple[int, ...], ...] = ((), (0,), (1,), (2,))  # axes of the (X, Y, Z) volume
+FLIP_AXES = TRAINED_FLIPS  # axes of the (X, Y, Z) volume
 
 # predict(networks, image (X, Y, Z), mc_samples) -> (probs (C, X, Y, Z), mutual_info (X, Y, Z) or None)
 PredictFn = Callable[[Sequence[torch.nn.Module], torch.Tensor, int], tuple]
@@ -55,12 +58,8 @@ def error_probability(probs: torch.Tensor) -> torch.Tensor:
 
 def flipped_probabilities(networks, image: torch.Tensor, predict: PredictFn) -> torch.Tensor:
     """(F, C, X, Y, Z): one prediction per entry of FLIP_AXES, each flipped back to the image's orientation."""
-    samples = []
-    for axes in FLIP_AXES:
-        flipped = torch.flip(image, dims=axes) if axes else image
-        probs, _ = predict(networks, flipped, 0)
-        samples.append(torch.flip(probs, dims=[a + 1 for a in axes]) if axes else probs)
-    return torch.stack(samples)
+    return torch.stack([flipped_back(lambda volume: predict(networks, volume, 0)[0], image, axes)
+                        for axes in FLIP_AXES])
 
 
 def source_map(source: str, method, image: torch.Tensor, predict: PredictFn, mc_samples: int = 8) -> tuple:

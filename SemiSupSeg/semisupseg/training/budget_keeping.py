@@ -13,6 +13,7 @@ from typing import List, Optional
 
 import torch
 
+from ..inference.flip_averaging import tta_passes
 from .time_budget import must_stop, paced_total, prediction_from_training, prediction_from_window
 
 
@@ -98,7 +99,7 @@ class BudgetKeeping:
         """(seconds, how estimated) to predict ``case_ids`` (time_budget.TimeBudget.prediction_s)."""
         cases = [self.prepared[c] for c in case_ids if c in self.prepared]
         cfg = self.config
-        passes = len(self.method.inference_networks()) * (1 + int(cfg["mc_dropout"]))
+        passes = len(self.method.inference_networks()) * (int(cfg["mc_dropout"]) + tta_passes(cfg))
         shapes = [case.image.shape for case in cases]
         reference_voxels = sum(int(case.reference.GetNumberOfPixels()) for case in cases)
         voxels = sum(int(case.image.size) for case in cases)
