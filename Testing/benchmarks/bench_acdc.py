@@ -51,6 +51,8 @@ def parse_args(argv=None):
     p.add_argument("--schedule", default="constant", choices=["constant", "poly"],
                    help="learning-rate schedule (poly decays to 0 at --iterations, or without it at the time "
                         "budget: schedule_to_budget)")
+    p.add_argument("--ema", type=float, default=0.0,
+                   help="supervised only: predict with the EMA of the weights at this decay (method option ema_decay)")
     p.add_argument("--tta", default="off", choices=["off", "flips"],
                    help="final prediction averaged over the trained x / y flips (the engine's tta)")
     p.add_argument("--patch", help="patch x,y,z (default: the engine's automatic patch, recorded in the row)")
@@ -85,6 +87,7 @@ def run_config(method: str, labelled: int, args) -> dict:
     s = CPU_SETTING
     return {
         "method": method,
+        "method_options": {"ema_decay": args.ema} if args.ema and method == "supervised" else {},
         "network": s["network"],
         "network_options": dict(s["network_options"]),
         "iterations": args.iterations,  # None: until the time budget
@@ -111,7 +114,8 @@ def run_id_for(method: str, labelled: int, args) -> str:
     patch = f"-p{args.patch.replace(',', 'x')}" if args.patch else ""
     schedule = "-poly" if args.schedule == "poly" else ""
     tta = "-tta" if args.tta == "flips" else ""
-    return (f"cpu-l{labelled}-{method}-b{args.time_budget:g}min{its}{patch}{schedule}{tta}"
+    ema = f"-ema{args.ema:g}" if args.ema and method == "supervised" else ""
+    return (f"cpu-l{labelled}-{method}-b{args.time_budget:g}min{its}{patch}{schedule}{ema}{tta}"
             f"{bl.seed_suffix(args.seed, '-')}")
 
 
@@ -166,6 +170,7 @@ def train_and_score(workspace: Path, truth_dir: Path, method: str, labelled: int
     figures = class_figures(evaluate_held_out(run_dir, truth_dir, ids))
     key = (f"cpu|held_out|l{labelled}|{method}|budget{args.time_budget:g}|it{args.iterations or 'budget'}|"
            f"patch {args.patch or 'auto'}{'|poly' if args.schedule == 'poly' else ''}"
+           f"{f'|ema {args.ema:g}' if args.ema and method == 'supervised' else ''}"
            f"{'|tta flips' if args.tta == 'flips' else ''}{bl.seed_suffix(args.seed, '|')}")
     bc.emit(bc.record(
         BENCHMARK, "cpu_held_out", key, device,
@@ -178,6 +183,7 @@ def train_and_score(workspace: Path, truth_dir: Path, method: str, labelled: int
         iterations=finished.get("iterations"),
         schedule=saved["optimizer"]["schedule"],
         tta=saved.get("tta", "off"),
+        ema_decay=saved["method_options"].get("ema_decay", "-"),
         run_seconds=round(float(finished.get("total_seconds", finished.get("seconds", 0.0))), 1),
         stopped_by=finished.get("stopped_by"),
         final_loss=round(float(losses.get("loss", float("nan"))), 3),

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from semisupseg.errors import InputError
 from semisupseg.losses import fecl
@@ -169,3 +170,25 @@ def test_dycon_threshold_hard_negatives_option_runs_and_differs():
     assert a.parts["fecl"].item() != pytest.approx(b.parts["fecl"].item())
     with pytest.raises(InputError):
         build_method("dycon", tiny_unet, 2, {"hard_negatives": "sometimes"})
+
+
+def test_supervised_predicts_with_its_weight_average_when_asked():
+    """ema_decay 0.5: after steps at iterations 0 and 1 the averaged weights are, by hand,
+    alpha_0 = 0 (copy of w1), alpha_1 = min(1 - 1/2, 0.5) = 0.5: 0.5 * w1 + 0.5 * w2."""
+    plain = build_method("supervised", lambda: nn.Conv3d(1, 2, 1), 2, {})
+    assert plain.inference_networks() == [plain.student]
+    assert not any(key.startswith("teacher") for key in plain.state_dict())  # old checkpoints still load
+
+    method = build_method("supervised", lambda: nn.Conv3d(1, 2, 1), 2, {"ema_decay": 0.5})
+    assert method.inference_networks() == [method.teacher]
+    for it, value in enumerate((1.0, 3.0)):
+        with torch.no_grad():
+            method.student.weight.fill_(value)
+        method.after_optimizer_step(StepContext(it, 10))
+    assert torch.allclose(method.teacher.weight, torch.full_like(method.teacher.weight, 0.5 * 1.0 + 0.5 * 3.0))
+    assert method.trainable_parameters() == list(method.student.parameters())  # the average is not trained
+
+
+def test_supervised_ema_decay_out_of_range_is_an_input_error():
+    with pytest.raises(InputError, match="ema_decay must be in"):
+        build_method("supervised", lambda: nn.Conv3d(1, 2, 1), 2, {"ema_decay": 1.0})
