@@ -91,8 +91,9 @@ DEFAULTS: Dict[str, Any] = {
     "sw_batch_size": 2,
     "mc_dropout": 0,  # K > 0: also write the mutual-information map
     # "flips": every prediction is the mean over the x / y flips training used (inference/
-    # flip_averaging.py), 4x the network passes; on ACDC's 20-minute CPU model it raised held-out
-    # mean Dice by 0.015 (docs/benchmarks.md, acdc). "off": one pass.
+    # flip_averaging.py), 4x the network passes; on ACDC's 20-minute CPU models it raised held-out
+    # mean Dice by 0.015-0.026 for the student's own weights, by 0.0015 for their moving average
+    # (docs/benchmarks.md, acdc). "off": one pass, the default until measured on more data (LA).
     "tta": "off",
     # Region threshold: at least `threshold`, and raised so that at most `max_fraction` of the
     # volume is above it (an early, uncertain model would otherwise give one region = everything).
