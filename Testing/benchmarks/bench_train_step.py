@@ -78,7 +78,7 @@ def synthetic_cases(n_labelled: int, n_unlabelled: int, size, seed: int = 0):
 def make_trainer(spec: dict):
     """A Trainer with the engine's step() but synthetic in-memory data instead of a workspace."""
     import torch
-    from semisupseg.config import DEFAULTS
+    from semisupseg.config import DEFAULT_LR, DEFAULTS
     from semisupseg.data.sampling import PatchSampler
     from semisupseg.events import EventWriter
     from semisupseg.training.distributed import Distributed
@@ -105,7 +105,11 @@ def make_trainer(spec: dict):
     trainer.num_classes = 2
     trainer.events = EventWriter(stream=io.StringIO(), progress_bar=False)
     trainer.method = trainer._build_method()
-    opt = trainer.config["optimizer"]
+    # resolve_config (skipped with __init__) turns lr None into the device's default; the step's time
+    # does not depend on the value, but the step is the one a real run on this device takes
+    opt = trainer.config["optimizer"] = dict(trainer.config["optimizer"])
+    if opt["lr"] is None:
+        opt["lr"] = DEFAULT_LR["gpu" if device.type == "cuda" else "cpu"]
     trainer.optimizer = torch.optim.SGD(trainer.method.trainable_parameters(), lr=opt["lr"],
                                         momentum=opt["momentum"], weight_decay=opt["weight_decay"])
     labelled, unlabelled = synthetic_cases(max(spec["n_l"], 1), max(spec["n_u"], 1), tuple(spec["volume"]))
@@ -119,6 +123,7 @@ def make_trainer(spec: dict):
                                   tuple(spec["patch"]), device, seed=0)
     trainer.iteration, trainer.total, trainer.skipped_steps = 0, spec["warmup"] + spec["iterations"], 0
     trainer.ema_offset = 0
+    trainer.budget = None  # no time budget: the steps are timed here, not paced
     return trainer
 
 

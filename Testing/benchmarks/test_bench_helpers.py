@@ -169,3 +169,18 @@ def test_trained_threads_comes_from_the_first_started_event():
               {"event": "started", "device": "cpu (x86_64, 1 threads)"}]
     assert bench_la.trained_threads(events, "default") == 2
     assert bench_la.trained_threads([{"event": "started", "device": "cuda:0 (NVIDIA H100)"}], "default") == "default"
+
+
+def test_train_step_benchmark_times_a_real_engine_step():
+    # The benchmark builds a Trainer without its __init__; engine attributes added later (time budget,
+    # device-default learning rate) broke it once without any test noticing.
+    import json
+    import subprocess
+
+    script = Path(__file__).resolve().parent / "bench_train_step.py"
+    done = subprocess.run([sys.executable, str(script), "--quick", "--methods", "supervised", "--threads", "1"],
+                          capture_output=True, text=True, timeout=600)
+    rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    (row,) = [r for r in rows if r.get("method") == "supervised"]
+    assert "status" not in row, row.get("status")
+    assert row["s_per_it"] > 0 and row["it_per_s"] == pytest.approx(1.0 / row["s_per_it"], rel=0.01)
