@@ -231,6 +231,13 @@ def run_finished(run_dir: Path) -> bool:
     return any(e.get("event") == "finished" for e in run_events(run_dir))
 
 
+def trained_iterations(run_dir: Path, configured) -> int:
+    """Iterations the run trained (its last 'finished' event); ``configured`` when it has none.
+    A time-budgeted run's config leaves ``iterations`` empty, so the config alone says nothing."""
+    finished = [e for e in run_events(run_dir) if e.get("event") == "finished"]
+    return int(finished[-1]["iterations"]) if finished else configured
+
+
 def train_subprocess(
     workspace: Path,
     config: dict,

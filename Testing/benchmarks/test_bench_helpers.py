@@ -184,3 +184,15 @@ def test_train_step_benchmark_times_a_real_engine_step():
     (row,) = [r for r in rows if r.get("method") == "supervised"]
     assert "status" not in row, row.get("status")
     assert row["s_per_it"] > 0 and row["it_per_s"] == pytest.approx(1.0 / row["s_per_it"], rel=0.01)
+
+
+def test_trained_iterations_come_from_the_last_finished_event(tmp_path):
+    import json
+
+    run = tmp_path / "run"
+    run.mkdir()
+    assert bc.trained_iterations(run, 300) == 300  # no events yet: the configured count
+    events = [{"event": "started"}, {"event": "finished", "iterations": 80}, {"event": "started"},
+              {"event": "finished", "iterations": 105}]
+    (run / "events.jsonl").write_text("\n".join(json.dumps(e) for e in events) + "\n")
+    assert bc.trained_iterations(run, None) == 105
