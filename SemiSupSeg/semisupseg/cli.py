@@ -64,6 +64,9 @@ def add_predict_parser(sub) -> None:
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--tta", choices=["off", "flips"],
                    help="average over the trained x / y flips (flips) or not (off); default: the run's config")
+    p.add_argument("--postprocess", choices=["off", "largest_foreground"],
+                   help="keep only the largest connected group of predicted structures (largest_foreground) "
+                        "or not (off); default: the run's config")
 
 
 def run_predict(args) -> int:
@@ -86,6 +89,8 @@ def run_predict(args) -> int:
     prepared = [prepare_case(c, spec.modality, config["target_spacing"], with_label=False) for c in cases]
     if args.tta:
         config = {**config, "tta": args.tta}
+    if args.postprocess:
+        config = {**config, "postprocess": args.postprocess}
     predict_cases(method.inference_networks(), prepared, Path(args.run), config, spec.num_classes, device, args.events,
                   round_name="predict", mc_samples=args.mc_dropout)
     args.events.emit("finished", command="predict")

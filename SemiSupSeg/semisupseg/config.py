@@ -95,6 +95,11 @@ DEFAULTS: Dict[str, Any] = {
     # mean Dice by 0.015-0.026 for the student's own weights, by 0.0015 for their moving average
     # (docs/benchmarks.md, acdc). "off": one pass, the default until measured on more data (LA).
     "tta": "off",
+    # "largest_foreground": keep the largest connected group of predicted structures, the rest
+    # becomes background (inference/postprocess.py); on ACDC's 20-minute CPU models it raised
+    # held-out mean Dice by 0.01-0.03 (docs/benchmarks.md, acdc). Off by default (D14): it would
+    # delete one of two structures that lie apart (kidneys, lesions).
+    "postprocess": "off",
     # Region threshold: at least `threshold`, and raised so that at most `max_fraction` of the
     # volume is above it (an early, uncertain model would otherwise give one region = everything).
     # Uncertain regions (inference/regions.py): places of at most max_extent_mm per image axis,
@@ -201,6 +206,7 @@ def resolve_config(config: dict, device, image_shapes: Sequence, spacings: Seque
 
     from .data.sampling import default_patch_size
     from .inference.flip_averaging import check_tta
+    from .inference.postprocess import check_postprocess
     from .training.optimizers import check_optimizer_options
     from .networks import patch_rule, spacing_options
 
@@ -237,6 +243,7 @@ def resolve_config(config: dict, device, image_shapes: Sequence, spacings: Seque
         out["optimizer"]["lr"] = DEFAULT_LR["gpu" if on_gpu else "cpu"]
     check_optimizer_options(out["optimizer"])
     check_tta(out["tta"])
+    check_postprocess(out.get("postprocess", "off"))
     if int(out["batch_labelled"]) < 1:
         raise InputError("batch_labelled must be >= 1.", "Every step needs a labelled patch; use 1 or more.")
     out["device"] = str(device)

@@ -9,6 +9,9 @@ within a wall-time budget (``--time-budget``, default 20 minutes, final predicti
 engine's time_budget_min), and predicts the held-out volumes with its final networks. Dice per
 class and the mean over classes (a class never predicted scores 0), HD95/ASD in mm on the nominal
 spacing (approximate: the sources lost each patient's real spacing; Dice is unaffected).
+The ``pp_`` columns score the same predictions after the engine's ``postprocess:
+largest_foreground`` (inference/postprocess.py; a config option, off by default), so both figures
+come from one trained run.
 
 Runs go to .bench/acdc/workspace/runs/<run-id>; a finished run is reused (--retrain to redo it).
 Skips (one JSON "skipped" record) when the ACDC folder is absent.
@@ -119,16 +122,24 @@ def run_id_for(method: str, labelled: int, args) -> str:
             f"{bl.seed_suffix(args.seed, '-')}")
 
 
-def evaluate_held_out(run_dir: Path, truth_dir: Path, ids: list) -> dict:
-    """evaluate_folders on the run's predictions of ``ids`` for classes 1-3."""
+def evaluate_held_out(run_dir: Path, truth_dir: Path, ids: list, postprocess: str = "off") -> dict:
+    """evaluate_folders on the run's predictions of ``ids`` for classes 1-3; ``postprocess``: the
+    engine's own post-processing (inference/postprocess.py) applied to them first, which is what
+    the run would have written with that config (it acts on the saved label map alone)."""
+    from semisupseg.data.io import from_array, read_image, to_array, write_image_atomic
     from semisupseg.evaluation.metrics import evaluate_folders
+    from semisupseg.inference.postprocess import postprocessed
 
     with tempfile.TemporaryDirectory(dir=bc.BENCH_DIR) as tmp:
         for case in ids:
             source = (run_dir / "predictions" / f"{case}.nii.gz").resolve()
             if not source.exists():
                 raise RuntimeError(f"{run_dir.name}: no prediction for {case}")
-            os.symlink(source, Path(tmp) / source.name)
+            if postprocess == "off":
+                os.symlink(source, Path(tmp) / source.name)
+            else:
+                image = read_image(source)
+                write_image_atomic(from_array(postprocessed(to_array(image), postprocess), image), Path(tmp) / source.name)
         return evaluate_folders(tmp, truth_dir, classes=sorted(CLASSES))
 
 
@@ -147,6 +158,14 @@ def class_figures(result: dict) -> dict:
     out["dice_mean"] = round(float(np.mean([out[f"dice_{n}"] for n in CLASSES.values()])), 4)
     out["cases"] = len(result["cases"])
     return out
+
+
+def postprocessed_figures(result: dict) -> dict:
+    """The Dice figures of ``class_figures`` as ``pp_`` columns: the same predictions after the
+    config option ``postprocess: largest_foreground``, scored in the same row."""
+    figures = class_figures(result)
+    keys = [f"{kind}_{name}" for name in CLASSES.values() for kind in ("dice", "min_dice")] + ["dice_mean"]
+    return {f"pp_{key}": figures[key] for key in keys}
 
 
 def train_and_score(workspace: Path, truth_dir: Path, method: str, labelled: int, args, device: str) -> None:
@@ -168,6 +187,7 @@ def train_and_score(workspace: Path, truth_dir: Path, method: str, labelled: int
     losses = progress[-1]["losses"] if progress else {}
     ids = bl.case_ids(workspace, *HELD_OUT)
     figures = class_figures(evaluate_held_out(run_dir, truth_dir, ids))
+    figures.update(postprocessed_figures(evaluate_held_out(run_dir, truth_dir, ids, "largest_foreground")))
     key = (f"cpu|held_out|l{labelled}|{method}|budget{args.time_budget:g}|it{args.iterations or 'budget'}|"
            f"patch {args.patch or 'auto'}{'|poly' if args.schedule == 'poly' else ''}"
            f"{f'|ema {args.ema:g}' if args.ema and method == 'supervised' else ''}"

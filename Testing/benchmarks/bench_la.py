@@ -124,13 +124,24 @@ def seed_suffix(seed: int, separator: str) -> str:
     return "" if seed == DEFAULT_SEED else f"{separator}s{seed}"
 
 
+def _differs(saved, asked) -> bool:
+    """Whether a saved (resolved) config value contradicts the asked one. None asks for the
+    engine's automatic choice, and the engine adds keys of its own to a dict (network_options
+    gains the spacing's pooling on thin slabs): neither is a difference."""
+    if asked is None:
+        return False
+    if isinstance(asked, dict) and isinstance(saved, dict):
+        return any(_differs(saved.get(key), value) for key, value in asked.items())
+    return saved != asked
+
+
 def check_reusable(run_dir: Path, config: dict) -> None:
     """Refuse to score a finished run that was trained with another configuration than ``config``."""
     saved_path = run_dir / "config.json"
     if not saved_path.exists():
         return
     saved = json.loads(saved_path.read_text())
-    differ = [key for key in RUN_IDENTITY_KEYS if key in config and saved.get(key) != config[key]]
+    differ = [key for key in RUN_IDENTITY_KEYS if key in config and _differs(saved.get(key), config[key])]
     if differ:
         details = ", ".join(f"{key}: run has {saved.get(key)!r}, asked {config[key]!r}" for key in differ)
         raise SystemExit(f"{run_dir.name} was trained with another configuration ({details}). "

@@ -160,6 +160,14 @@ def test_la_runs_with_another_seed_get_their_own_folder_and_a_changed_run_is_not
     bench_la.check_reusable(run_dir, config)
     with pytest.raises(SystemExit, match=r"seed: run has 1337, asked 7.*--retrain"):
         bench_la.check_reusable(run_dir, {**config, "seed": 7})
+    # automatic choices (None) and keys the engine adds (thin-slab pooling) do not block reuse,
+    # a changed asked value inside a dict does
+    resolved = {**config, "patch_size": [144, 144, 8],
+                "network_options": {**config["network_options"], "pool_sizes": [[2, 2, 1]] * 4}}
+    (run_dir / "config.json").write_text(json.dumps(resolved))
+    bench_la.check_reusable(run_dir, {**config, "patch_size": None})
+    with pytest.raises(SystemExit, match="network_options"):
+        bench_la.check_reusable(run_dir, {**config, "network_options": {"widths": [16, 32, 64, 128, 256]}})
 
 
 def test_trained_threads_comes_from_the_first_started_event():
@@ -196,3 +204,26 @@ def test_trained_iterations_come_from_the_last_finished_event(tmp_path):
               {"event": "finished", "iterations": 105}]
     (run / "events.jsonl").write_text("\n".join(json.dumps(e) for e in events) + "\n")
     assert bc.trained_iterations(run, None) == 105
+
+
+def test_acdc_scores_the_engine_postprocessing_beside_the_plain_predictions(tmp_path, monkeypatch):
+    import SimpleITK as sitk
+
+    import bench_acdc
+
+    monkeypatch.setattr(bc, "BENCH_DIR", tmp_path)
+    (tmp_path / "run" / "predictions").mkdir(parents=True)
+    (tmp_path / "truth").mkdir()
+    truth = np.zeros((6, 12, 12), np.uint8)  # numpy (z, y, x): one structure of classes 1-3
+    truth[1:5, 2:5, 2:8], truth[1:5, 5:7, 2:8], truth[1:5, 7:10, 2:8] = 1, 2, 3
+    prediction = truth.copy()
+    prediction[2:4, 1:3, 10:12] = 3  # a far LV blob (8 voxels), not touching the structure
+    for folder, volume in (("run/predictions", prediction), ("truth", truth)):
+        sitk.WriteImage(sitk.GetImageFromArray(volume), str(tmp_path / folder / "case.nii.gz"))
+    plain = bench_acdc.class_figures(bench_acdc.evaluate_held_out(tmp_path / "run", tmp_path / "truth", ["case"]))
+    cleaned = bench_acdc.postprocessed_figures(
+        bench_acdc.evaluate_held_out(tmp_path / "run", tmp_path / "truth", ["case"], "largest_foreground"))
+    lv = int((truth == 3).sum())
+    assert plain["dice_LV"] == pytest.approx(round(2 * lv / (2 * lv + 8), 4))  # by hand
+    assert cleaned["pp_dice_LV"] == 1.0 and cleaned["pp_dice_mean"] == 1.0
+    assert plain["dice_RV"] == cleaned["pp_dice_RV"] == 1.0

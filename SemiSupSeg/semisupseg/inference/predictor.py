@@ -24,6 +24,7 @@ from .regions import find_uncertain_regions, write_regions_json
 from .scores import case_score, rank_cases
 from .sliding_window import predict_probabilities
 from .flip_averaging import flip_averaged
+from .postprocess import removed_by_postprocess
 from .uncertainty import normalised_entropy
 
 
@@ -92,6 +93,10 @@ def predict_cases(
                 probs = flip_averaged(lambda volume: predict(volume)[0], image, first=probs)
             probs_ref = maps_on_reference(probs, prepared, renormalise=True)
             labelmap, top_probability = labels_and_confidence(probs_ref)
+            removed = removed_by_postprocess(labelmap, config.get("postprocess", "off"))
+            if removed.any():  # now background there: its expected error is 1 - p_background
+                labelmap[removed] = 0
+                top_probability[removed] = probs_ref[0][removed]
             entropy = normalised_entropy(torch.from_numpy(probs_ref)).numpy().astype(np.float32)
             outputs = write_case_maps(run_dir, prepared, labelmap, entropy, mutual_info)
             score = float(case_score(entropy, labelmap, num_classes))
