@@ -181,7 +181,7 @@ def train_and_score(workspace: Path, truth_dir: Path, method: str, labelled: int
         if code != 0:
             raise RuntimeError(f"semisupseg train exited with {code} for {run_id}")
     events = bc.run_events(run_dir)
-    finished = [e for e in events if e.get("event") == "finished"][-1]
+    finished = bc.training_finished(run_dir)
     saved = json.loads((run_dir / "config.json").read_text())
     progress = [e for e in events if e.get("event") == "progress"]
     losses = progress[-1]["losses"] if progress else {}

@@ -460,7 +460,6 @@ def run_seed(source: Source, args, seed: int, make_config, device: str) -> List[
     done = finished_strategies(base, args)
     candidates, held_out = choose_cases(source, args, seed)
     classes = [int(k) for k in source.labels if int(k) > 0]
-    predicted = candidates + held_out
     start = None
     rows = []
     for strategy in args.strategies:

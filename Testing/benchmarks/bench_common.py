@@ -227,15 +227,27 @@ def run_events(run_dir: Path) -> List[dict]:
     return events
 
 
+def finished_events(run_dir: Path) -> list:
+    """The run's 'finished' events, oldest first (a resumed or re-predicted run has several)."""
+    return [e for e in run_events(run_dir) if e.get("event") == "finished"]
+
+
 def run_finished(run_dir: Path) -> bool:
-    return any(e.get("event") == "finished" for e in run_events(run_dir))
+    return bool(finished_events(run_dir))
+
+
+def training_finished(run_dir: Path) -> dict:
+    """The last 'finished' event of training ({} if none): `predict` also finishes a run's log,
+    without iterations or times."""
+    trained = [e for e in finished_events(run_dir) if "iterations" in e]
+    return trained[-1] if trained else {}
 
 
 def trained_iterations(run_dir: Path, configured) -> int:
-    """Iterations the run trained (its last 'finished' event); ``configured`` when it has none.
-    A time-budgeted run's config leaves ``iterations`` empty, so the config alone says nothing."""
-    finished = [e for e in run_events(run_dir) if e.get("event") == "finished"]
-    return int(finished[-1]["iterations"]) if finished else configured
+    """Iterations the run trained (its last training 'finished' event); ``configured`` when it has
+    none. A time-budgeted run's config leaves ``iterations`` empty, so the config alone says nothing."""
+    finished = training_finished(run_dir)
+    return int(finished["iterations"]) if finished else configured
 
 
 def train_subprocess(

@@ -268,7 +268,6 @@ def train_and_score(workspace, truth_dir, setting, method, network, labelled, it
     end = max(i for i, e in enumerate(events) if e.get("event") == "finished" and "iterations" in e)
     events = events[: end + 1]
     finished = events[-1]
-    started = [e for e in events if e.get("event") == "started"][0]
     progress = [e for e in events if e.get("event") == "progress"]
     final_preds = [e for e in events if e.get("event") == "prediction" and e.get("round") == "final"]
     it_per_s = [p["it_per_s"] for p in progress[1:]] or [p["it_per_s"] for p in progress]

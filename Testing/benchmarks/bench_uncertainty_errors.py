@@ -331,7 +331,8 @@ def main(argv=None) -> int:
             f"{s} AUROC {row[s]['auroc']:.3f} top {row[s].get('errors_in_top', float('nan')):.3f} "
             f"bnd {row[s].get('errors_in_boundary', float('nan')):.3f} ({row[s]['seconds']:.0f} s)" for s in sources))
     run_key = run_dir.name + (f"+{args.variant}" if args.variant else "")
-    common = {"run": run_key, "method": config["method"], "iterations": bc.trained_iterations(run_dir, config["iterations"]), "cases": len(rows),
+    common = {"run": run_key, "method": config["method"], "cases": len(rows),
+              "iterations": bc.trained_iterations(run_dir, config["iterations"]),
               "regions_changed": json.dumps(args.region_config, separators=(",", ":")) if args.region_config else "run's own",
               "rank_by": args.rank_by, "prediction": "flip mean (tta flips)" if args.tta == "flips" else "plain"}
     per_case = bc.BENCH_DIR / "uncertainty_errors" / f"{run_key}-sources.json"

@@ -342,7 +342,7 @@ def with_cudnn_benchmark(enabled: bool, fn: Callable[[], dict]) -> dict:
 
 def profile_step(spec: dict) -> dict:
     """torch.profiler over one step after warm-up: the kernels (GPU) or operators (CPU) with the most
-    self time, as bench_train_step.profile_step reports them."""
+    self time, as train_step_worker.profile_step reports them."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 

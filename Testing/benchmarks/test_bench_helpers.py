@@ -201,7 +201,7 @@ def test_trained_iterations_come_from_the_last_finished_event(tmp_path):
     run.mkdir()
     assert bc.trained_iterations(run, 300) == 300  # no events yet: the configured count
     events = [{"event": "started"}, {"event": "finished", "iterations": 80}, {"event": "started"},
-              {"event": "finished", "iterations": 105}]
+              {"event": "finished", "iterations": 105}, {"event": "finished", "command": "predict"}]
     (run / "events.jsonl").write_text("\n".join(json.dumps(e) for e in events) + "\n")
     assert bc.trained_iterations(run, None) == 105
 
