@@ -119,6 +119,8 @@ class SemiSupSegParameterNode:
     patchX, patchY, patchZ - training patch (x, y, z) in voxels, multiples of 16; all 0 = automatic.
     predictEvery - iterations between intermediate predictions; 0 = only at the end.
     timeBudgetMin - train until this many minutes, prediction included (engine `time_budget_min`); 0 = none.
+    largestStructureOnly - predictions keep only their largest connected group of structures (engine
+        `postprocess: largest_foreground`); off by default, since it would drop one of two kidneys.
     showUncertainty, uncertaintyOpacity - the entropy heat overlay in the slice views.
     trainFromScratch - Train again starts from random weights instead of the last run's final weights.
     keepTraining - the live loop: train until Stop (engine `iterations: 0`, `--continuous`), picking up
@@ -141,6 +143,7 @@ class SemiSupSegParameterNode:
     patchZ: Annotated[int, WithinRange(0, 1024)] = 0
     predictEvery: Annotated[int, WithinRange(0, 1_000_000)] = 1000
     timeBudgetMin: Annotated[int, WithinRange(0, 10_000)] = 0
+    largestStructureOnly: bool = False
     trainFromScratch: bool = False
     keepTraining: bool = True
     showUncertainty: bool = True
@@ -511,6 +514,8 @@ class SemiSupSegTest(ScriptedLoadableModuleTest, AnnotationLoopChecks):
         self.assertEqual(widget.ui.iterationsSpinBox.value, 1234)
         widget.ui.timeBudgetSpinBox.value = 20
         self.assertEqual(trainingConfig(parameters)["time_budget_min"], 20)
+        widget.ui.largestStructureOnlyCheckBox.checked = True
+        self.assertEqual(trainingConfig(parameters)["postprocess"], "largest_foreground")
         widget.ui.showUncertaintyCheckBox.checked = False
         self.assertFalse(parameters.showUncertainty)
         widget.ui.deviceComboBox.currentIndex = DEVICES.index("cpu")

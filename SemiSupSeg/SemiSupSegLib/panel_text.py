@@ -211,6 +211,8 @@ def trainingConfig(parameters) -> dict:
     budget = float(getattr(parameters, "timeBudgetMin", 0) or 0)  # whole minutes in the panel
     if budget > 0:  # the engine stops training early enough for the checkpoint and prediction to fit
         config["time_budget_min"] = int(budget) if budget.is_integer() else budget
+    if getattr(parameters, "largestStructureOnly", False):
+        config["postprocess"] = "largest_foreground"
     patch = [int(parameters.patchX), int(parameters.patchY), int(parameters.patchZ)]
     if any(patch):
         config["patch_size"] = patch

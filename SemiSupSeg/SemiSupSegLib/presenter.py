@@ -76,6 +76,7 @@ class PanelParameters:
     patchZ: int = 0
     predictEvery: int = 1000
     timeBudgetMin: int = 0
+    largestStructureOnly: bool = False
     trainFromScratch: bool = False
     keepTraining: bool = True
     showUncertainty: bool = True

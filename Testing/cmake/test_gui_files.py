@@ -471,6 +471,11 @@ def test_a_time_budget_goes_into_the_run_config_in_minutes(gui):
     assert gui.trainingConfig(parameters(timeBudgetMin=0.5))["time_budget_min"] == 0.5
 
 
+def test_largest_structure_only_asks_the_engine_to_postprocess(gui):
+    assert "postprocess" not in gui.trainingConfig(parameters(largestStructureOnly=False))  # engine default: off
+    assert gui.trainingConfig(parameters(largestStructureOnly=True))["postprocess"] == "largest_foreground"
+
+
 def test_training_config_keys_are_engine_config_keys(gui):
     config_module = MODULE_DIR / "semisupseg" / "config.py"
     if not config_module.exists():
@@ -481,7 +486,8 @@ def test_training_config_keys_are_engine_config_keys(gui):
     finally:
         sys.path.remove(str(MODULE_DIR))
     config = gui.trainingConfig(parameters(iterations=1, batchLabelled=1, batchUnlabelled=1, predictEvery=1,
-                                           patchX=16, patchY=16, patchZ=16, timeBudgetMin=5))
+                                           patchX=16, patchY=16, patchZ=16, timeBudgetMin=5,
+                                           largestStructureOnly=True))
     assert set(config) <= set(DEFAULTS), f"keys the engine does not know: {set(config) - set(DEFAULTS)}"
 
 
