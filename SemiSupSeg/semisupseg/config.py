@@ -98,8 +98,8 @@ DEFAULTS: Dict[str, Any] = {
     # "largest_foreground": keep the largest connected group of predicted structures, the rest
     # becomes background (inference/postprocess.py); on ACDC's 20-minute CPU models it raised
     # held-out mean Dice by 0.009-0.031 over four seeds (0.738 -> 0.753; docs/benchmarks.md, acdc),
-    # on LA's 5-minute model by 0.001. Off by default (D14): it would
-    # delete one of two structures that lie apart (kidneys, lesions).
+    # on LA's 5-minute model by 0.001. Off by default (D14): it would delete one of two
+    # structures that lie apart (kidneys, lesions).
     "postprocess": "off",
     # Region threshold: at least `threshold`, and raised so that at most `max_fraction` of the
     # volume is above it (an early, uncertain model would otherwise give one region = everything).

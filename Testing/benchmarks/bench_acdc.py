@@ -139,7 +139,8 @@ def evaluate_held_out(run_dir: Path, truth_dir: Path, ids: list, postprocess: st
                 os.symlink(source, Path(tmp) / source.name)
             else:
                 image = read_image(source)
-                write_image_atomic(from_array(postprocessed(to_array(image), postprocess), image), Path(tmp) / source.name)
+                cleaned = from_array(postprocessed(to_array(image), postprocess), image)
+                write_image_atomic(cleaned, Path(tmp) / source.name)
         return evaluate_folders(tmp, truth_dir, classes=sorted(CLASSES))
 
 

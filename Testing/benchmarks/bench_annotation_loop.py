@@ -494,8 +494,8 @@ def start_model(source, args, seed, make_config, base, candidates, held_out, cla
     started = time.perf_counter()
     regions = predict(run, candidates + held_out)
     # training seconds from the run's own events: the same figure when a finished start model is reused
-    trained = [e for e in bc.run_events(run) if e.get("event") == "finished" and "iterations" in e]
-    seconds = float(trained[-1].get("total_seconds", trained[-1]["seconds"])) + time.perf_counter() - started
+    trained = bc.training_finished(run)
+    seconds = float(trained.get("total_seconds", trained["seconds"])) + time.perf_counter() - started
     dice = held_out_dice(run, start_ws, held_out, classes)
     bc.log(f"seed {seed}: start model held-out Dice {np.mean(list(dice.values())):.4f} ({seconds:.0f} s)")
     return Start(run, regions, dice, seconds)

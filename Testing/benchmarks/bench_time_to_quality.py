@@ -103,7 +103,7 @@ def score(run_dir: Path, workspace: Path, truth_dir: Path, held_out: list) -> di
 
 def record_for(args, minutes: float, run_dir: Path, wall, device: str, figures: dict) -> dict:
     events = bc.run_events(run_dir)
-    finished = [e for e in events if e.get("event") == "finished" and "iterations" in e][-1]
+    finished = bc.training_finished(run_dir)
     started = [e for e in events if e.get("event") == "started"][0]
     config = json.loads((run_dir / "config.json").read_text())
     return bc.record(
