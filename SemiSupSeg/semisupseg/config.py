@@ -51,6 +51,10 @@ DEFAULTS: Dict[str, Any] = {
     "cpu_min_spacing_mm": 1.6,
     "ct_window": [-1000.0, 1000.0],
     "fg_fraction": 0.5,
+    # "standard": dycon.md's crops, 90-degree turns and x / y flips. "strong": also in-plane
+    # rotation and scaling, brightness, contrast, gamma and noise (data/strong_augmentation.py),
+    # for small labelled sets; measured on ACDC (docs/benchmarks.md, acdc).
+    "augmentation": "standard",
     "optimizer": {
         "name": "sgd",  # sgd (released DyCON) | adamw (training/optimizers.py)
         # None: the device's default (DEFAULT_LR): 0.01 on a GPU, the released DyCON's rate for its
@@ -206,6 +210,7 @@ def resolve_config(config: dict, device, image_shapes: Sequence, spacings: Seque
     import numpy as np
 
     from .data.sampling import default_patch_size
+    from .data.strong_augmentation import check_augmentation
     from .inference.flip_averaging import check_tta
     from .inference.postprocess import check_postprocess
     from .training.optimizers import check_optimizer_options
@@ -244,6 +249,7 @@ def resolve_config(config: dict, device, image_shapes: Sequence, spacings: Seque
         out["optimizer"]["lr"] = DEFAULT_LR["gpu" if on_gpu else "cpu"]
     check_optimizer_options(out["optimizer"])
     check_tta(out["tta"])
+    check_augmentation(out.get("augmentation", "standard"))
     check_postprocess(out.get("postprocess", "off"))
     if int(out["batch_labelled"]) < 1:
         raise InputError("batch_labelled must be >= 1.", "Every step needs a labelled patch; use 1 or more.")

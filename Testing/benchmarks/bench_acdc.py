@@ -58,6 +58,8 @@ def parse_args(argv=None):
                    help="supervised only: predict with the EMA of the weights at this decay (method option ema_decay)")
     p.add_argument("--tta", default="off", choices=["off", "flips"],
                    help="final prediction averaged over the trained x / y flips (the engine's tta)")
+    p.add_argument("--augmentation", default="standard", choices=["standard", "strong"],
+                   help="training augmentation (the engine's augmentation option)")
     p.add_argument("--patch", help="patch x,y,z (default: the engine's automatic patch, recorded in the row)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--seed", type=int, default=bl.DEFAULT_SEED, help="training seed")
@@ -107,6 +109,7 @@ def run_config(method: str, labelled: int, args) -> dict:
                   "held_out": f"{HELD_OUT[0]}-{HELD_OUT[1]}"},
         "predict_cases": "held_out",
         "tta": args.tta,
+        "augmentation": args.augmentation,
         "checkpoint_every": 100,
         "log_every": 10,
     }
@@ -118,7 +121,8 @@ def run_id_for(method: str, labelled: int, args) -> str:
     schedule = "-poly" if args.schedule == "poly" else ""
     tta = "-tta" if args.tta == "flips" else ""
     ema = f"-ema{args.ema:g}" if args.ema and method == "supervised" else ""
-    return (f"cpu-l{labelled}-{method}-b{args.time_budget:g}min{its}{patch}{schedule}{ema}{tta}"
+    augmentation = "-strong" if args.augmentation == "strong" else ""
+    return (f"cpu-l{labelled}-{method}-b{args.time_budget:g}min{its}{patch}{schedule}{ema}{tta}{augmentation}"
             f"{bl.seed_suffix(args.seed, '-')}")
 
 
@@ -192,7 +196,8 @@ def train_and_score(workspace: Path, truth_dir: Path, method: str, labelled: int
     key = (f"cpu|held_out|l{labelled}|{method}|budget{args.time_budget:g}|it{args.iterations or 'budget'}|"
            f"patch {args.patch or 'auto'}{'|poly' if args.schedule == 'poly' else ''}"
            f"{f'|ema {args.ema:g}' if args.ema and method == 'supervised' else ''}"
-           f"{'|tta flips' if args.tta == 'flips' else ''}{bl.seed_suffix(args.seed, '|')}")
+           f"{'|tta flips' if args.tta == 'flips' else ''}"
+           f"{'|augmentation strong' if args.augmentation == 'strong' else ''}{bl.seed_suffix(args.seed, '|')}")
     bc.emit(bc.record(
         BENCHMARK, "cpu_held_out", key, device,
         method=method, labelled=labelled, group=f"held_out ({HELD_OUT[0]}-{HELD_OUT[1]})", run=run_id,
@@ -205,6 +210,7 @@ def train_and_score(workspace: Path, truth_dir: Path, method: str, labelled: int
         schedule=saved["optimizer"]["schedule"],
         tta=saved.get("tta", "off"),
         ema_decay=saved["method_options"].get("ema_decay", "-"),
+        augmentation=saved.get("augmentation", "standard"),
         run_seconds=round(float(finished.get("total_seconds", finished.get("seconds", 0.0))), 1),
         stopped_by=finished.get("stopped_by"),
         final_loss=round(float(losses.get("loss", float("nan"))), 3),

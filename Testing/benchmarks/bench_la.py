@@ -110,7 +110,9 @@ def run_config(setting: dict, method: str, labelled: int, iterations: int, devic
 
 # What makes two runs the same experiment: a finished run is reused only if these match.
 RUN_IDENTITY_KEYS = ("method", "method_options", "network", "network_options", "iterations", "seed", "patch_size",
-                     "batch_labelled", "batch_unlabelled", "target_spacing", "split")
+                     "batch_labelled", "batch_unlabelled", "target_spacing", "split", "augmentation")
+# Keys that configurations gained after some runs were saved: what those runs trained with.
+KEYS_ADDED_LATER = {"augmentation": "standard"}
 
 
 def run_id_for(setting: dict, method: str, network: str, labelled: int, iterations: int,
@@ -141,6 +143,7 @@ def check_reusable(run_dir: Path, config: dict) -> None:
     if not saved_path.exists():
         return
     saved = json.loads(saved_path.read_text())
+    saved = {**KEYS_ADDED_LATER, **saved}
     differ = [key for key in RUN_IDENTITY_KEYS if key in config and _differs(saved.get(key), config[key])]
     if differ:
         details = ", ".join(f"{key}: run has {saved.get(key)!r}, asked {config[key]!r}" for key in differ)

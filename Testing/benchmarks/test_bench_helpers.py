@@ -168,6 +168,10 @@ def test_la_runs_with_another_seed_get_their_own_folder_and_a_changed_run_is_not
     bench_la.check_reusable(run_dir, {**config, "patch_size": None})
     with pytest.raises(SystemExit, match="network_options"):
         bench_la.check_reusable(run_dir, {**config, "network_options": {"widths": [16, 32, 64, 128, 256]}})
+    # a run saved before the augmentation option trained with the standard one
+    bench_la.check_reusable(run_dir, {**resolved, "augmentation": "standard"})
+    with pytest.raises(SystemExit, match="augmentation: run has 'standard', asked 'strong'"):
+        bench_la.check_reusable(run_dir, {**resolved, "augmentation": "strong"})
 
 
 def test_trained_threads_comes_from_the_first_started_event():

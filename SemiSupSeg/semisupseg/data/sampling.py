@@ -39,6 +39,7 @@ from ..errors import InputError
 from ..losses.annotation import NOT_ANNOTATED
 from ..methods.base import Batch
 from .preprocess import NOT_ANNOTATED_STORED, PreparedCase
+from .strong_augmentation import StrongAugmentation
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +97,9 @@ class PatchSampler:
         unlabelled_stream: whether partially labelled cases of ``labelled`` also join the
             unlabelled stream (the trainer passes the method's ``uses_unlabelled``, as it passes
             an empty ``unlabelled`` list to methods that use no unlabelled data).
+        strong: also in-plane rotation and scaling and intensity jitter after the turns and
+            flips (``strong_augmentation.StrongAugmentation``; config ``augmentation: "strong"``).
+            Off: the batches are exactly those of a sampler without the option.
 
     ``sample(n_l, n_u)`` returns ``Batch(x_l (n_l, 1, X, Y, Z) float32, y_l (n_l, X, Y, Z)
     int64 with -1 = not annotated, x_u (n_u, 1, X, Y, Z) float32)`` on ``device``; image and
@@ -116,6 +120,7 @@ class PatchSampler:
         noise: Optional[float] = None,
         unlabelled_stream: bool = True,
         class_aware: bool = True,
+        strong: bool = False,
     ):
         if len(patch_size) != 3 or min(int(p) for p in patch_size) < 1:
             raise ValueError(f"patch_size must be three positive integers, got {patch_size}")
@@ -133,6 +138,8 @@ class PatchSampler:
         self._noise_generator = (
             torch.Generator(device=self.device).manual_seed(int(seed) + 1) if self.noise else None
         )
+        # Draws from ``generator`` like the crops, so a checkpoint's sampler state resumes it too.
+        self.strong = StrongAugmentation() if strong else None
         self._labelled: List[_Volume] = []
         self._unlabelled: List[_Volume] = []
         self.storage_device = self.device
@@ -264,6 +271,9 @@ class PatchSampler:
         x_u = self._unlabelled_patches(int(n_unlabelled))
         x_l, y_l = self._augment(x_l, y_l)
         x_u, _ = self._augment(x_u, None)
+        if self.strong is not None:
+            x_l, y_l = self.strong(x_l, y_l, self.generator)
+            x_u, _ = self.strong(x_u, None, self.generator)
         if self.noise:
             x_l, x_u = self._add_noise(x_l), self._add_noise(x_u)
         return Batch(x_l=x_l, y_l=y_l, x_u=x_u)

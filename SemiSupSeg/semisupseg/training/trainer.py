@@ -228,6 +228,7 @@ class Trainer(BudgetKeeping, DeviceRecovery, LiveWorkspace, PredictionRounds):
             seed=self.dist.sampler_seed(int(self.config["seed"])),
             fg_fraction=float(self.config["fg_fraction"]),
             unlabelled_stream=self.method.uses_unlabelled,  # partially labelled cases also feed it
+            strong=self.config.get("augmentation", "standard") == "strong",
         )
 
     @property
