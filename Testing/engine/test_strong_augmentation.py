@@ -129,3 +129,13 @@ def test_config_accepts_strong_and_refuses_unknown():
     assert check_augmentation("strong") == "strong"
     with pytest.raises(InputError, match="augmentation must be one of standard, strong"):
         resolve_config({**DEFAULTS, "augmentation": "heavy"}, torch.device("cpu"), [(32, 32, 8)], [(1.5, 1.5, 5.0)])
+
+
+def test_brightness_and_contrast_match_their_formulas():
+    images = torch.tensor([0.0, 1.0, 2.0, 3.0]).view(1, 1, 4, 1, 1)
+    off = dict(p_rotate=0, p_scale=0, p_gamma=0, p_noise=0)
+    brighter = StrongAugmentation(**off, p_brightness=1, brightness_range=(0.5, 0.5), p_contrast=0)
+    assert torch.allclose(brighter.intensity(images, torch.Generator()).flatten(), torch.tensor([0.0, 0.5, 1.0, 1.5]))
+    # (x - 1.5) * 2 + 1.5 = -1.5, 0.5, 2.5, 4.5, clipped to the patch's range [0, 3]
+    contrast = StrongAugmentation(**off, p_brightness=0, p_contrast=1, contrast_range=(2.0, 2.0))
+    assert torch.allclose(contrast.intensity(images, torch.Generator()).flatten(), torch.tensor([0.0, 0.5, 2.5, 3.0]))
