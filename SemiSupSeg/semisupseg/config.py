@@ -210,7 +210,7 @@ def resolve_config(config: dict, device, image_shapes: Sequence, spacings: Seque
     """Fill every ``None`` from the device and the data; validate ranges."""
     import numpy as np
 
-    from .data.sampling import default_patch_size
+    from .data.patch_size import default_patch_size
     from .data.strong_augmentation import check_augmentation
     from .inference.flip_averaging import check_tta
     from .inference.postprocess import check_postprocess

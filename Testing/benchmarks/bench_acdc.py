@@ -210,7 +210,7 @@ def train_and_score(workspace: Path, truth_dir: Path, method: str, labelled: int
         schedule=saved["optimizer"]["schedule"],
         tta=saved.get("tta", "off"),
         ema_decay=saved["method_options"].get("ema_decay", "-"),
-        augmentation=saved.get("augmentation", "standard"),
+        augmentation=saved.get("augmentation", bl.KEYS_ADDED_LATER["augmentation"]),
         run_seconds=round(float(finished.get("total_seconds", finished.get("seconds", 0.0))), 1),
         stopped_by=finished.get("stopped_by"),
         final_loss=round(float(losses.get("loss", float("nan"))), 3),

@@ -32,7 +32,7 @@ import torch
 
 from semisupseg.cli import main
 from semisupseg.data.io import IncompleteImageError, check_image_complete
-from semisupseg.data.sampling import default_patch_size
+from semisupseg.data.patch_size import default_patch_size
 from semisupseg.networks import NETWORKS, build_network, patch_rule
 
 REPO = Path(__file__).resolve().parents[2]

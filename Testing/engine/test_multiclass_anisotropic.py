@@ -15,7 +15,8 @@ import torch
 
 from semisupseg.config import load_config, resolve_config
 from semisupseg.data.preprocess import PreparedCase
-from semisupseg.data.sampling import PatchSampler, default_patch_size
+from semisupseg.data.patch_size import default_patch_size
+from semisupseg.data.sampling import PatchSampler
 from semisupseg.errors import InputError
 from semisupseg.inference.scores import class_scores
 from semisupseg.losses.supervised import SupervisedLoss, masked_dice_loss

@@ -1,13 +1,14 @@
 """The engine's data layer: dataset description, validation, image I/O, preprocessing, patches.
 
-``PatchSampler`` and ``default_patch_size`` are imported lazily (they need torch), so reading
-and validating a dataset costs only SimpleITK and numpy.
+``PatchSampler`` is imported lazily (it needs torch), so reading and validating a dataset costs
+only SimpleITK and numpy.
 """
 
 from __future__ import annotations
 
 from .dataset import Case, DatasetSpec, load_dataset
 from .io import ImageHeader, from_array, read_header, read_image, to_array, write_image_atomic
+from .patch_size import default_patch_size
 from .preprocess import (
     PreparedCase,
     normalise_intensity,
@@ -17,7 +18,7 @@ from .preprocess import (
 )
 from .validate import grid_difference, validate_case, validate_dataset
 
-_LAZY = {"PatchSampler", "default_patch_size"}
+_LAZY = {"PatchSampler"}
 
 __all__ = [
     "Case",
