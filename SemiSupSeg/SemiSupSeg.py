@@ -121,6 +121,8 @@ class SemiSupSegParameterNode:
     timeBudgetMin - train until this many minutes, prediction included (engine `time_budget_min`); 0 = none.
     largestStructureOnly - predictions keep only their largest connected group of structures (engine
         `postprocess: largest_foreground`); off by default, since it would drop one of two kidneys.
+    averageFlips - predictions are the mean over the in-plane flips training uses (engine `tta: flips`),
+        4x the prediction time; off by default.
     showUncertainty, uncertaintyOpacity - the entropy heat overlay in the slice views.
     trainFromScratch - Train again starts from random weights instead of the last run's final weights.
     keepTraining - the live loop: train until Stop (engine `iterations: 0`, `--continuous`), picking up
@@ -144,6 +146,7 @@ class SemiSupSegParameterNode:
     predictEvery: Annotated[int, WithinRange(0, 1_000_000)] = 1000
     timeBudgetMin: Annotated[int, WithinRange(0, 10_000)] = 0
     largestStructureOnly: bool = False
+    averageFlips: bool = False
     trainFromScratch: bool = False
     keepTraining: bool = True
     showUncertainty: bool = True
@@ -516,6 +519,8 @@ class SemiSupSegTest(ScriptedLoadableModuleTest, AnnotationLoopChecks):
         self.assertEqual(trainingConfig(parameters)["time_budget_min"], 20)
         widget.ui.largestStructureOnlyCheckBox.checked = True
         self.assertEqual(trainingConfig(parameters)["postprocess"], "largest_foreground")
+        widget.ui.averageFlipsCheckBox.checked = True
+        self.assertEqual(trainingConfig(parameters)["tta"], "flips")
         widget.ui.showUncertaintyCheckBox.checked = False
         self.assertFalse(parameters.showUncertainty)
         widget.ui.deviceComboBox.currentIndex = DEVICES.index("cpu")

@@ -213,6 +213,8 @@ def trainingConfig(parameters) -> dict:
         config["time_budget_min"] = int(budget) if budget.is_integer() else budget
     if getattr(parameters, "largestStructureOnly", False):
         config["postprocess"] = "largest_foreground"
+    if getattr(parameters, "averageFlips", False):
+        config["tta"] = "flips"
     patch = [int(parameters.patchX), int(parameters.patchY), int(parameters.patchZ)]
     if any(patch):
         config["patch_size"] = patch

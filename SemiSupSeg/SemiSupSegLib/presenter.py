@@ -77,6 +77,7 @@ class PanelParameters:
     predictEvery: int = 1000
     timeBudgetMin: int = 0
     largestStructureOnly: bool = False
+    averageFlips: bool = False
     trainFromScratch: bool = False
     keepTraining: bool = True
     showUncertainty: bool = True

@@ -476,6 +476,11 @@ def test_largest_structure_only_asks_the_engine_to_postprocess(gui):
     assert gui.trainingConfig(parameters(largestStructureOnly=True))["postprocess"] == "largest_foreground"
 
 
+def test_average_flips_asks_the_engine_for_flip_averaged_predictions(gui):
+    assert "tta" not in gui.trainingConfig(parameters(averageFlips=False))  # engine default: off
+    assert gui.trainingConfig(parameters(averageFlips=True))["tta"] == "flips"
+
+
 def test_training_config_keys_are_engine_config_keys(gui):
     config_module = MODULE_DIR / "semisupseg" / "config.py"
     if not config_module.exists():
@@ -487,7 +492,7 @@ def test_training_config_keys_are_engine_config_keys(gui):
         sys.path.remove(str(MODULE_DIR))
     config = gui.trainingConfig(parameters(iterations=1, batchLabelled=1, batchUnlabelled=1, predictEvery=1,
                                            patchX=16, patchY=16, patchZ=16, timeBudgetMin=5,
-                                           largestStructureOnly=True))
+                                           largestStructureOnly=True, averageFlips=True))
     assert set(config) <= set(DEFAULTS), f"keys the engine does not know: {set(config) - set(DEFAULTS)}"
 
 
