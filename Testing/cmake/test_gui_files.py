@@ -259,9 +259,10 @@ def test_imports_from_the_logic_package_exist(module_tree):
 
 
 def gui_layer_trees(module_tree) -> list:
-    """SemiSupSeg.py and the Qt-free parts it delegates to: the presenter and the in-Slicer checks."""
+    """SemiSupSeg.py and the Qt-free parts it delegates to: the presenter (and its two mixins) and the in-Slicer checks."""
     return [module_tree] + [ast.parse((LIB_DIR / name).read_text(encoding="utf-8"))
-                            for name in ("presenter.py", "in_slicer_checks.py") if (LIB_DIR / name).exists()]
+                            for name in ("presenter.py", "training_control.py", "review_control.py", "in_slicer_checks.py")
+                            if (LIB_DIR / name).exists()]
 
 
 @requires_lib
