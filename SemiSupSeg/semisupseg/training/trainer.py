@@ -20,7 +20,6 @@ prediction to fit in it (``time_budget``); the device is chosen and described in
 from __future__ import annotations
 
 import dataclasses
-import signal
 import time
 from datetime import datetime
 from pathlib import Path
@@ -38,52 +37,23 @@ from ..errors import InputError
 from ..events import EventWriter, log
 from ..methods import StepContext, build_method
 from ..networks import build_network
+from .cancel_flag import CancelFlag
 from .case_split import split_cases
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpointing import Checkpointing
 from .compilation import compile_network
 from .derived_settings import derived_config
 from .distributed import Distributed, NullEvents
 from .device_recovery import DeviceRecovery
-from .devices import autocast_choice, device_description, is_mps_failure, mps_available
+from .devices import autocast_choice, device_description, is_mps_failure
 from .manifest import build_manifest
-from .optimizers import build_optimizer, check_resumable
+from .optimizers import build_optimizer
 from .schedules import learning_rate
 from .budget_keeping import BudgetKeeping
 from .time_budget import TimeBudget
-from .warm_start import class_names, warm_start
+from .warm_start import warm_start
 from .live_workspace import LiveWorkspace
 from .prediction_rounds import PredictionRounds
 from .workspace_watch import ContentDigests, case_states, file_stamp
-
-
-class CancelFlag:
-    """Set by SIGTERM/SIGINT or by a ``STOP`` file in the run folder; checked once per iteration."""
-
-    def __init__(self, stop_file: Path):
-        self.stop_file = stop_file
-        self.requested = False
-        self._previous = {}
-
-    def install(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread (e.g. called from a test thread)
-                pass
-
-    def uninstall(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
-
-    def _handle(self, signum, frame) -> None:
-        log(f"received signal {signum}: stopping after this iteration")
-        self.requested = True
-
-    def is_set(self) -> bool:
-        if not self.requested and self.stop_file.exists():
-            self.requested = True
-        return self.requested
 
 
 def new_run_id(method: str) -> str:
@@ -105,11 +75,11 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-class Trainer(BudgetKeeping, DeviceRecovery, LiveWorkspace, PredictionRounds):
+class Trainer(BudgetKeeping, Checkpointing, DeviceRecovery, LiveWorkspace, PredictionRounds):
     """Holds the state of one run: data, method, optimiser, schedule position, output folder.
 
-    Its parts live in their own files: the time budget (budget_keeping), device fallback and
-    out-of-memory retries (device_recovery), the live workspace (live_workspace), prediction
+    Its parts live in their own files: the time budget (budget_keeping), checkpoints and resume
+    (checkpointing), device fallback and out-of-memory retries (device_recovery), the live workspace (live_workspace), prediction
     rounds and requests (prediction_rounds).
     """
 
@@ -244,55 +214,6 @@ class Trainer(BudgetKeeping, DeviceRecovery, LiveWorkspace, PredictionRounds):
             self._autocast_notice_given = True  # once per run, not once per step
             self.events.emit("notice", message=choice.notice)
         return choice.dtype
-
-    # ---- checkpoints ---------------------------------------------------------------------
-    def save(self) -> Path:
-        path = self.run_dir / "checkpoints" / "last.pt"
-        rank_rng = self.dist.gather_rng(self.sampler, self.method)  # a collective: every rank comes here
-        if not self.dist.is_main:
-            return path
-        started = self.clock()
-        budget = {"budget": self.budget.state(self.budget_elapsed())} if self.budget else {}
-        save_checkpoint(
-            path,
-            iteration=self.iteration,
-            method=self.method,
-            optimizer=self.optimizer,
-            sampler_rng=self.sampler.generator.get_state() if hasattr(self.sampler, "generator") else None,
-            train_seconds=self.resumed_seconds + self.clock() - self.part_started,
-            extra={"classes": class_names(self.spec.labels), "ema_offset": self.ema_offset,
-                   **({"rank_rng": rank_rng} if rank_rng else {}), **budget},
-        )
-        if self.budget:
-            self.budget.record_save(self.clock() - started)
-        self.events.emit("checkpoint", path=str(path), iteration=self.iteration)
-        return path
-
-    def restore(self) -> None:
-        state = load_checkpoint(self.run_dir / "checkpoints" / "last.pt")
-        if state["method"] != self.method.name:
-            raise InputError(
-                f"The checkpoint was written by method '{state['method']}', the run is '{self.method.name}'.",
-                "Resume with the run's own config.json.",
-            )
-        self.method.load_state_dict(state["model"])
-        check_resumable(self.optimizer, state["optimizer"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.iteration = int(state["iteration"])
-        self.resumed_seconds = float(state.get("train_seconds", 0.0))  # absent in older checkpoints
-        self.ema_offset = int(state.get("ema_offset", 0))
-        if self.budget:  # a budget given only now (--resume --time-budget) counts the run's time so far
-            self.budget.spent_before_s = self.resumed_seconds
-            self.budget.restore(state.get("budget"))
-        torch.set_rng_state(state["rng"]["torch"])
-        if "sampler" in state["rng"] and hasattr(self.sampler, "generator"):
-            self.sampler.generator.set_state(state["rng"]["sampler"])
-        if "cuda" in state["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        if "mps" in state["rng"] and mps_available():
-            torch.mps.set_rng_state(state["rng"]["mps"])
-        self.dist.restore_rng(state, self.sampler, int(self.config["seed"]), self.iteration)
-        log(f"resumed {self.run_dir.name} at iteration {self.iteration} of {self.total or 'a continuous run'}")
 
     # ---- the loop ------------------------------------------------------------------------
     def step(self) -> Optional[dict]:
