@@ -70,6 +70,10 @@ Outputs: records (stdout JSON lines, ``run_benchmarks.py --only annotation_loop`
 files under ``.bench/annotation_loop/<setting>-s<seed>/``, and the plot of held-out Dice against
 cumulative edited voxels (one line per strategy) at ``.bench/annotation_loop/<setting>-dice_vs_edited.png``
 (``--plot`` moves it).
+
+Files: the simulated annotator (strategies, boxes, label files) is ``annotation_simulator.py``, the
+paired comparisons, the target and the plot are ``annotation_loop_report.py``; this file runs the
+rounds and the engine.
 """
 
 from __future__ import annotations
@@ -81,7 +85,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -90,12 +94,17 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_common as bc  # noqa: E402
 import bench_la  # noqa: E402
+from annotation_loop_report import BENCHMARK, emit_comparisons, plot, table_name  # noqa: E402
+from annotation_simulator import (  # noqa: E402
+    NOT_ANNOTATED,
+    STRATEGIES,
+    Review,
+    annotate,
+    foreground_dice,
+    read_labels,
+    write_json_atomic,
+)
 
-BENCHMARK = "annotation_loop"
-STRATEGIES = ("uncertain_regions", "boundary_random", "random_boxes", "uncertain_case", "random_case", "no_review")
-REGION_STRATEGIES = STRATEGIES[:3]
-NOT_ANNOTATED = 255  # the partial label's "not annotated" value (SemiSupSegLib.region_corrections.IGNORE_LABEL)
-PARTIAL_SUFFIX = ".partial.nii.gz"
 START_LABELLED = (1, 4)  # LA protocol positions
 
 
@@ -180,13 +189,6 @@ def finish_config(config: dict) -> dict:
 
 
 # --------------------------------------------------------------------------- workspaces
-def write_json_atomic(path: Path, data) -> None:
-    from semisupseg.atomic import atomic_output
-
-    with atomic_output(path, ".json") as tmp:
-        Path(tmp).write_text(json.dumps(data, indent=1))
-
-
 def make_workspace(folder: Path, source: Source, candidates: List[str], held_out: List[str]) -> Path:
     """A workspace whose images link to the source's; cases 1-4 labelled with their truth (linked)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -204,15 +206,6 @@ def make_workspace(folder: Path, source: Source, candidates: List[str], held_out
                                                 "modality": source.modality, "ignore_label": NOT_ANNOTATED,
                                                 "cases": cases, "held_out": held_out})
     return folder
-
-
-def set_case_label(workspace: Path, case: str, relative: str) -> None:
-    """Point the case's dataset.json entry at a label file (read-modify-write, atomic)."""
-    dataset = json.loads((workspace / "dataset.json").read_text())
-    for entry in dataset["cases"]:
-        if entry["id"] == case:
-            entry["label"] = relative
-    write_json_atomic(workspace / "dataset.json", dataset)
 
 
 # --------------------------------------------------------------------------- the engine, in this process
@@ -258,172 +251,6 @@ def iteration_seconds(run_dir: Path) -> Optional[float]:
     """Median seconds per iteration of the run's training (its progress events)."""
     rates = [float(e["it_per_s"]) for e in bc.run_events(run_dir) if e.get("event") == "progress" and e.get("it_per_s")]
     return round(1.0 / float(np.median(rates)), 3) if rates else None
-
-
-# --------------------------------------------------------------------------- arrays
-def read_labels(path: Path):
-    """(array (x, y, z) uint8, sitk reference) of a label file."""
-    from semisupseg.data.io import read_image, to_array
-
-    image = read_image(path)
-    return to_array(image).astype(np.uint8), image
-
-
-def foreground_dice(pred: np.ndarray, truth: np.ndarray, classes) -> float:
-    """Mean over ``classes`` of Dice = 2 |P_c & T_c| / (|P_c| + |T_c|) (1 when both are empty)."""
-    values = []
-    for c in classes:
-        p, t = pred == c, truth == c
-        den = int(p.sum()) + int(t.sum())
-        values.append(1.0 if den == 0 else 2.0 * int((p & t).sum()) / den)
-    return float(np.mean(values))
-
-
-def box_slices(lo, hi) -> tuple:
-    return tuple(slice(int(a), int(b) + 1) for a, b in zip(lo, hi))
-
-
-def engine_boxes(regions: List[dict]) -> List[tuple]:
-    """The regions' boxes ((lo, hi) inclusive voxel indices, image grid) in rank order."""
-    ranked = sorted(regions, key=lambda r: r.get("rank", 0))
-    return [(r["bbox_voxels"]["min"], r["bbox_voxels"]["max"]) for r in ranked]
-
-
-def fallback_boxes(shape, spacing, extent_mm: float) -> List[tuple]:
-    """One box of the regions' maximum extent, for a case where the engine found no region."""
-    size = np.minimum(np.maximum(np.round(extent_mm / np.asarray(spacing)).astype(int), 1), shape)
-    return [([0, 0, 0], (size - 1).tolist())]
-
-
-def centred_boxes(sizes: List[np.ndarray], centres: np.ndarray, shape, rng) -> List[tuple]:
-    """Boxes of ``sizes`` centred on random rows of ``centres`` (N, 3), shifted to lie inside ``shape``."""
-    placed = []
-    for size in sizes:
-        centre = centres[rng.integers(len(centres))]
-        start = np.clip(centre - size // 2, 0, np.maximum(np.asarray(shape) - size, 0))
-        placed.append((start.tolist(), (start + size - 1).tolist()))
-    return placed
-
-
-# --------------------------------------------------------------------------- the simulated annotator
-@dataclass
-class Review:
-    """What one strategy's annotator did in one round."""
-
-    cases: List[str] = field(default_factory=list)
-    reviewed: int = 0  # voxels newly annotated this round
-    edited: int = 0  # of those, where the prediction the annotator saw was wrong
-    boxes: int = 0
-    fallback_placements: int = 0  # boundary_random boxes placed anywhere (no predicted boundary)
-
-
-def region_boxes(strategy: str, regions: List[dict], pred: np.ndarray, spacing, region_cfg: dict, rng,
-                 count: int) -> tuple:
-    """``count`` boxes for one case in the strategy's order; returns (boxes, fallback placements)."""
-    from semisupseg.inference.regions import boundary_band
-
-    boxes = engine_boxes(regions) or fallback_boxes(pred.shape, spacing, region_cfg.get("max_extent_mm", 20.0))
-    if strategy == "uncertain_regions":
-        return boxes, 0
-    sizes = [np.asarray(hi) - np.asarray(lo) + 1 for lo, hi in boxes]
-    sizes = [sizes[i % len(sizes)] for i in range(count)]  # the same shapes, repeated as needed
-    if strategy == "boundary_random":
-        band = np.argwhere(boundary_band(pred, 2))
-        if len(band):
-            return centred_boxes(sizes, band, pred.shape, rng), 0
-    anywhere = bc.random_boxes_like([([0, 0, 0], (s - 1).tolist()) for s in sizes], pred.shape, rng)
-    return anywhere, (count if strategy == "boundary_random" else 0)
-
-
-def review_boxes(annotated: np.ndarray, boxes: List[tuple], budget: int) -> tuple:
-    """Mark boxes reviewed, in order, until ``budget`` voxels are newly reviewed; (new mask, boxes used)."""
-    new = np.zeros(annotated.shape, dtype=bool)
-    used = 0
-    for lo, hi in boxes:
-        if int(new.sum()) >= budget:
-            break
-        window = box_slices(lo, hi)
-        new[window] = ~annotated[window]  # voxels reviewed in an earlier round cost nothing again
-        used += 1
-    return new, used
-
-
-def write_label(workspace: Path, case: str, label: np.ndarray, reference, full: bool, history: Path) -> None:
-    """The case's label file (atomic), pointed at by dataset.json; a copy kept in ``history``."""
-    from semisupseg.data.io import from_array, write_image_atomic
-
-    relative = f"labels/{case}{'.nii.gz' if full else PARTIAL_SUFFIX}"
-    image = from_array(label.astype(np.uint8), reference)
-    write_image_atomic(image, workspace / relative)
-    write_image_atomic(image, history / f"{case}.nii.gz")
-    set_case_label(workspace, case, relative)
-
-
-def current_annotation(workspace: Path, case: str, truth_shape) -> np.ndarray:
-    """Boolean mask of the case's voxels annotated so far (its label file, 255 = not annotated)."""
-    for name in (f"{case}.nii.gz", f"{case}{PARTIAL_SUFFIX}"):
-        path = workspace / "labels" / name
-        if path.exists():
-            return read_labels(path)[0] != NOT_ANNOTATED
-    return np.zeros(truth_shape, dtype=bool)
-
-
-def annotate(strategy: str, workspace: Path, run_dir: Path, regions_doc: dict, candidates: List[str],
-             args, rng, history: Path) -> Review:
-    """One round of the simulated annotator for ``strategy`` on the predictions of ``run_dir``."""
-    review = Review()
-    history.mkdir(parents=True, exist_ok=True)
-    fully = [c for c in candidates if (workspace / "labels" / f"{c}.nii.gz").exists()]
-    open_cases = [c for c in candidates if c not in fully]
-    if strategy == "no_review":  # the control: training goes on, nothing is reviewed
-        return review
-    if strategy in REGION_STRATEGIES:
-        if strategy == "uncertain_regions":
-            order = [c for c in regions_doc["meta"]["case_order"] if c in open_cases]
-        else:
-            order = [open_cases[i] for i in rng.permutation(len(open_cases))]
-        for case in order:
-            if len(review.cases) >= args.cases_per_round:
-                break
-            if review_case_regions(strategy, workspace, run_dir, regions_doc, case, args, rng, review, history):
-                review.cases.append(case)
-    else:
-        if not open_cases:
-            return review
-        if strategy == "uncertain_case":
-            scores = regions_doc["meta"]["scores"]
-            case = max(open_cases, key=lambda c: (scores[c], c))
-        else:
-            case = open_cases[int(rng.integers(len(open_cases)))]
-        truth, reference = read_labels(workspace / "truth" / f"{case}.nii.gz")
-        pred = read_labels(run_dir / "predictions" / f"{case}.nii.gz")[0]
-        new = ~current_annotation(workspace, case, truth.shape)
-        review.reviewed, review.edited = int(new.sum()), int((pred != truth)[new].sum())
-        write_label(workspace, case, truth, reference, True, history)
-        review.cases.append(case)
-    return review
-
-
-def review_case_regions(strategy, workspace, run_dir, regions_doc, case, args, rng, review, history) -> bool:
-    """Review boxes of one case until the budget; write its partial label. False when nothing was new."""
-    truth, reference = read_labels(workspace / "truth" / f"{case}.nii.gz")
-    pred = read_labels(run_dir / "predictions" / f"{case}.nii.gz")[0]
-    annotated = current_annotation(workspace, case, truth.shape)
-    budget = max(1, int(round(args.budget_fraction * truth.size)))
-    region_cfg = json.loads((run_dir / "config.json").read_text())["regions"]
-    boxes, fallbacks = region_boxes(strategy, regions_doc["cases"].get(case, []), pred, reference.GetSpacing(),
-                                    region_cfg, rng, args.max_boxes)
-    new, used = review_boxes(annotated, boxes, budget)
-    if not new.any():
-        return False
-    annotated |= new
-    label = np.where(annotated, truth, NOT_ANNOTATED).astype(np.uint8)
-    write_label(workspace, case, label, reference, False, history)
-    review.reviewed += int(new.sum())
-    review.edited += int((pred != truth)[new].sum())
-    review.boxes += used
-    review.fallback_placements += min(fallbacks, used)
-    return True
 
 
 # --------------------------------------------------------------------------- one seed
@@ -579,95 +406,6 @@ def settings_figures(args) -> dict:
             "candidates": args.candidates, "held_out_cases": args.held_out, "cases_per_round": args.cases_per_round,
             "budget_fraction": args.budget_fraction, "threads": args.threads,
             **({"engine_defaults": True} if args.engine_defaults else {})}
-
-
-def table_name(source: Source, table: str) -> str:
-    name = table if not source.name.startswith("smoke") else f"smoke_{table}"
-    return f"{name}_{source.variant}" if source.variant else name
-
-
-# --------------------------------------------------------------------------- comparisons
-def per_case_dice(source: Source, seed: int, strategy: str, round_index: int) -> Dict[str, float]:
-    path = bc.BENCH_DIR / BENCHMARK / f"{source.name}-s{seed}" / strategy / "dice" / f"round{round_index}.json"
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def emit_comparisons(source: Source, args, rows: List[dict], device: str) -> None:
-    """Paired held-out Dice at the last round (cases x seeds) and the issue's target per seed."""
-    seeds = sorted({r["seed"] for r in rows})
-    last = args.rounds
-    for strategy in args.strategies:
-        if strategy == "uncertain_regions" or "uncertain_regions" not in args.strategies:
-            continue
-        ours, theirs = {}, {}
-        for seed in seeds:
-            ours.update({f"s{seed}:{c}": v for c, v in per_case_dice(source, seed, "uncertain_regions", last).items()})
-            theirs.update({f"s{seed}:{c}": v for c, v in per_case_dice(source, seed, strategy, last).items()})
-        figures = bench_la.paired_difference(ours, theirs)
-        edited = {s: float(np.mean([r["cum_edited_voxels"] for r in rows if r["strategy"] == s and r["round"] == last]))
-                  for s in ("uncertain_regions", strategy)}
-        bc.emit(bc.record(BENCHMARK, table_name(source, "paired"), f"{source.name}|{args.method}|{strategy}|r{last}|"
-                          + ",".join(map(str, seeds)), device, ours="uncertain_regions", versus=strategy, round=last,
-                          seeds=",".join(map(str, seeds)), **{k: round(v, 4) if isinstance(v, float) else v
-                                                             for k, v in figures.items()},
-                          mean_cum_edited_ours=round(edited["uncertain_regions"]), mean_cum_edited_versus=round(edited[strategy])))
-    for seed in seeds:
-        target = target_figures([r for r in rows if r["seed"] == seed])
-        if target:
-            bc.emit(bc.record(BENCHMARK, table_name(source, "target"), f"{source.name}|{args.method}|s{seed}", device,
-                              seed=seed, **target))
-
-
-def target_figures(rows: List[dict]) -> Optional[dict]:
-    """Issue 13's target: strategy 1 reaches strategy 2's final Dice with at most half its edited voxels.
-
-    ratio = (cumulative edited voxels of strategy 1 at its first round with Dice >= strategy 2's
-    final Dice) / (strategy 2's final cumulative edited voxels); met when ratio <= 0.5.
-    """
-    ours = sorted([r for r in rows if r["strategy"] == "uncertain_regions"], key=lambda r: r["round"])
-    theirs = sorted([r for r in rows if r["strategy"] == "boundary_random"], key=lambda r: r["round"])
-    if not ours or not theirs:
-        return None
-    goal, cost = theirs[-1]["held_out_dice"], theirs[-1]["cum_edited_voxels"]
-    reached = next((r for r in ours if r["round"] > 0 and r["held_out_dice"] >= goal), None)
-    ratio = reached["cum_edited_voxels"] / cost if reached and cost else None
-    return {"boundary_random_final_dice": goal, "boundary_random_edited": cost,
-            "uncertain_regions_final_dice": ours[-1]["held_out_dice"],
-            "uncertain_regions_round_reaching": reached["round"] if reached else None,
-            "uncertain_regions_edited_then": reached["cum_edited_voxels"] if reached else None,
-            "edited_ratio": round(ratio, 3) if ratio is not None else None,
-            "target_met": bool(ratio is not None and ratio <= 0.5)}
-
-
-def plot(rows: List[dict], path: Path) -> Optional[Path]:
-    """Held-out Dice against cumulative edited voxels, one line per strategy (mean over seeds per round)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        bc.log("matplotlib is not installed: no plot")
-        return None
-    figure, axes = plt.subplots(figsize=(6.4, 4.2))
-    for strategy in STRATEGIES:
-        mine = [r for r in rows if r["strategy"] == strategy]
-        if not mine:
-            continue
-        rounds = sorted({r["round"] for r in mine})
-        edited = [np.mean([r["cum_edited_voxels"] for r in mine if r["round"] == k]) for k in rounds]
-        dice = [np.mean([r["held_out_dice"] for r in mine if r["round"] == k]) for k in rounds]
-        axes.plot(edited, dice, marker="o", label=strategy)
-    axes.set_xlabel("cumulative edited voxels (mean over seeds)")
-    axes.set_ylabel("held-out Dice (mean over seeds)")
-    axes.set_xscale("symlog", linthresh=1000)
-    axes.legend(fontsize=8)
-    axes.grid(alpha=0.3)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
 
 
 # --------------------------------------------------------------------------- measuring the pieces
