@@ -38,7 +38,6 @@ HELD_OUT = (121, 140)
 UNLABELLED_END = 120
 CPU_SETTING = {
     "name": "cpu",
-    "network": "unet3d",
     "network_options": {"widths": [8, 16, 32, 64, 128]},  # as LA's CPU scale
     "batch_labelled": 2,
     "batch_unlabelled": 2,
@@ -60,6 +59,8 @@ def parse_args(argv=None):
                    help="final prediction averaged over the trained x / y flips (the engine's tta)")
     p.add_argument("--augmentation", default="standard", choices=["standard", "strong"],
                    help="training augmentation (the engine's augmentation option)")
+    p.add_argument("--network", default="unet3d", choices=["unet3d", "unet2d"],
+                   help="unet3d (pooling planned from the spacing) or unet2d (a 2D U-Net run slice by slice)")
     p.add_argument("--patch", help="patch x,y,z (default: the engine's automatic patch, recorded in the row)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--seed", type=int, default=bl.DEFAULT_SEED, help="training seed")
@@ -93,7 +94,7 @@ def run_config(method: str, labelled: int, args) -> dict:
     return {
         "method": method,
         "method_options": {"ema_decay": args.ema} if args.ema and method == "supervised" else {},
-        "network": s["network"],
+        "network": args.network,
         "network_options": dict(s["network_options"]),
         "iterations": args.iterations,  # None: until the time budget
         "time_budget_min": args.time_budget,
@@ -122,7 +123,8 @@ def run_id_for(method: str, labelled: int, args) -> str:
     tta = "-tta" if args.tta == "flips" else ""
     ema = f"-ema{args.ema:g}" if args.ema and method == "supervised" else ""
     augmentation = "-strong" if args.augmentation == "strong" else ""
-    return (f"cpu-l{labelled}-{method}-b{args.time_budget:g}min{its}{patch}{schedule}{ema}{tta}{augmentation}"
+    network = "-2d" if args.network == "unet2d" else ""
+    return (f"cpu-l{labelled}-{method}{network}-b{args.time_budget:g}min{its}{patch}{schedule}{ema}{tta}{augmentation}"
             f"{bl.seed_suffix(args.seed, '-')}")
 
 
@@ -197,12 +199,14 @@ def train_and_score(workspace: Path, truth_dir: Path, method: str, labelled: int
            f"patch {args.patch or 'auto'}{'|poly' if args.schedule == 'poly' else ''}"
            f"{f'|ema {args.ema:g}' if args.ema and method == 'supervised' else ''}"
            f"{'|tta flips' if args.tta == 'flips' else ''}"
-           f"{'|augmentation strong' if args.augmentation == 'strong' else ''}{bl.seed_suffix(args.seed, '|')}")
+           f"{'|augmentation strong' if args.augmentation == 'strong' else ''}"
+           f"{'|unet2d' if args.network == 'unet2d' else ''}{bl.seed_suffix(args.seed, '|')}")
     bc.emit(bc.record(
         BENCHMARK, "cpu_held_out", key, device,
         method=method, labelled=labelled, group=f"held_out ({HELD_OUT[0]}-{HELD_OUT[1]})", run=run_id,
         patch="x".join(map(str, saved["patch_size"])),
-        pooling=" ".join("".join(map(str, p)) for p in saved["network_options"].get("pool_sizes", [[2, 2, 2]] * 4)),
+        network=saved["network"],
+        pooling=pooling_text(saved),
         widths="-".join(map(str, saved["network_options"]["widths"])),
         patch_batch=f"{saved['batch_labelled']}+{saved['batch_unlabelled']}",
         threads=bl.trained_threads(events, args.threads or "default"),
@@ -216,6 +220,13 @@ def train_and_score(workspace: Path, truth_dir: Path, method: str, labelled: int
         final_loss=round(float(losses.get("loss", float("nan"))), 3),
         **figures,
     ))
+
+
+def pooling_text(saved: dict) -> str:
+    """Per level x y z pooling ("221 222 ..."); the slice-wise 2D U-Net pools x and y only."""
+    if saved["network"] == "unet2d":
+        return "221 221 221 221"
+    return " ".join("".join(map(str, p)) for p in saved["network_options"].get("pool_sizes", [[2, 2, 2]] * 4))
 
 
 def main(argv=None) -> int:

@@ -20,6 +20,11 @@ column of the method comparison, measured without the other jobs a long benchmar
 machine with. With every method, it is followed by the ``channels_last`` table: DyCON's step
 at that setting with channels_last_3d off and on, in alternating pairs (``--ab-rounds``).
 
+--thin-slab: the ACDC CPU setting (bench_acdc.py: widths 8-128, 144x144x8 patches, 4 classes),
+supervised (2+0) and DyCON (2+2), each with the 3D U-Net planned for 1.5 x 1.5 x 5 mm and with the
+slice-wise 2D U-Net (``unet2d``), in alternating rounds (``--ab-rounds``); ratios to the supervised
+3D step. It is what says how many iterations of each a fixed CPU budget buys.
+
 Optimisations (ratios against the DyCON baseline of the same invocation):
   amp bf16 autocast (losses stay fp32)  - config ``amp``
   channels_last_3d                       - config ``channels_last``
@@ -148,8 +153,13 @@ def main(argv=None) -> int:
                    "follows the per-method table (default 2)")
     p.add_argument("--methods", nargs="?", const="all", help="only the per-method step table at the LA comparison "
                    "setting: 'all' (the default) or a comma-separated list of method names")
+    p.add_argument("--thin-slab", action="store_true", help="only the thin-slab table: supervised and DyCON steps "
+                   "at the ACDC CPU setting, 3D U-Net (planned) against the slice-wise 2D U-Net")
     args = p.parse_args(argv)
     device = bc.resolve_device(args.device)
+    if args.thin_slab:
+        emit_thin_slab_steps(args, device)
+        return 0
     if args.methods:
         run_method_table(args, device)
         return 0
@@ -287,6 +297,47 @@ def emit_channels_last_ab(base: dict, device: str, rounds: int) -> None:
                       mem_on_vs_off=round(mean(runs[True], mem_key) / mean(runs[False], mem_key), 3),
                       note="DyCON step, channels_last_3d on / off (< 1: on is faster); config channels_last "
                            "'auto' turns it on on the CPU only"))
+
+
+def thin_slab_variants() -> dict:
+    """(method, network) -> worker settings at the ACDC CPU setting."""
+    from semisupseg.networks.anisotropy import spacing_plan
+
+    planned = spacing_plan((1.5, 1.5, 5.0))  # what resolve_config writes for ACDC's grid
+    networks = {"unet3d": ("unet3d", planned), "unet2d": ("unet2d", {})}
+    return {(method, label): {"method": method, "network": net, "network_options": options,
+                              "n_u": 0 if method == "supervised" else 2}
+            for method in ("supervised", "dycon") for label, (net, options) in networks.items()}
+
+
+def emit_thin_slab_steps(args, device: str) -> None:
+    """Steps per second of supervised and DyCON with either network, alternating ``--ab-rounds``
+    times through the four (so drift over the invocation hits all of them alike)."""
+    base = {"name": "ACDC thin slab, CPU 144x144x8", "device": device, "widths": [8, 16, 32, 64, 128],
+            "patch": [144, 144, 8], "n_l": 2, "amp": "auto", "channels_last": "auto", "num_classes": 4,
+            "volume": list(VOLUME_SIZE), "warmup": 2, "iterations": 5, "timeout_s": args.timeout}
+    if args.threads:
+        base["threads"] = args.threads
+    variants = thin_slab_variants()
+    runs = {key: [] for key in variants}
+    for rnd in range(max(args.ab_rounds, 1)):
+        for key, variant in variants.items():
+            result = run_worker({**base, **variant, "label": f"{base['name']} {key} ({rnd + 1}/{args.ab_rounds})"})
+            if "error" in result:
+                bc.emit(bc.record(BENCHMARK, "thin_slab", f"{base['name']}|{key[0]}|{key[1]}", device,
+                                  setting=base["name"], method=key[0], network=key[1], status=result["error"]))
+                return
+            runs[key].append(result)
+    mean = {key: sum(r["s_per_it"] for r in results) / len(results) for key, results in runs.items()}
+    reference = mean[("supervised", "unet3d")]
+    for (method, network), results in runs.items():
+        bc.emit(bc.record(BENCHMARK, "thin_slab", f"{base['name']}|{method}|{network}", device, setting=base["name"],
+                          method=method, network=network, batch=f"2+{variants[(method, network)]['n_u']}",
+                          patch="144x144x8", widths="8-16-32-64-128", rounds=len(results),
+                          s_per_it=round(mean[(method, network)], 3),
+                          s_per_it_rounds=[round(r["s_per_it"], 3) for r in results],
+                          time_vs_supervised_3d=round(mean[(method, network)] / reference, 3),
+                          threads=results[-1].get("threads"), load_avg=results[-1].get("load_avg")))
 
 
 def emit_profile(base: dict, setting: str, device: str) -> None:

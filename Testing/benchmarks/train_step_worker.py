@@ -58,8 +58,8 @@ def make_trainer(spec: dict):
         **DEFAULTS,
         "method": spec["method"],
         "method_options": spec.get("method_options", {}),
-        "network": "unet3d",
-        "network_options": {"widths": spec["widths"]},
+        "network": spec.get("network", "unet3d"),
+        "network_options": {"widths": spec["widths"], **spec.get("network_options", {})},
         "batch_labelled": spec["n_l"],
         "batch_unlabelled": spec["n_u"],
         "patch_size": spec["patch"],
@@ -70,7 +70,7 @@ def make_trainer(spec: dict):
     }
     trainer.device = device
     trainer.dist = Distributed()  # one process: the step's DDP hooks are no-ops
-    trainer.num_classes = 2
+    trainer.num_classes = spec.get("num_classes", 2)  # the synthetic labels hold classes 0 and 1 only
     trainer.events = EventWriter(stream=io.StringIO(), progress_bar=False)
     trainer.method = trainer._build_method()
     # resolve_config (skipped with __init__) turns lr None into the device's default; the step's time

@@ -442,6 +442,7 @@ TINY_NETWORK_OPTIONS = {
     "vnet": [{"n_filters": 2, "projection": False, "normalization": n} for n in ("none", "batch", "instance")],
     "resnet_vnet": [{"base_width": 2, "blocks": [1, 1, 1, 1], "projection": False, "normalization": n}
                     for n in ("batch", "instance")],
+    "unet2d": [{"widths": [2, 4, 8, 8, 8], "projection": False}],
 }
 
 
@@ -476,11 +477,11 @@ def test_patch_rule_matches_what_the_network_can_train_on(name, options, one_thr
                                             ((12, 9, 2), (0.7, 0.9, 3.0)), ((183, 140, 88), (0.625,) * 3)])
 def test_default_patch_size_is_accepted_by_every_network(name, shape, spacing):
     rule = patch_rule(name, {})
-    patch = default_patch_size([shape], [spacing], divisor=rule.divisor,
-                               min_bottleneck_voxels=rule.min_bottleneck_voxels)
+    patch = default_patch_size([shape], [spacing], divisor=rule.axis_divisors,
+                               min_bottleneck_voxels=rule.min_bottleneck_voxels, strides=rule.axis_strides)
     assert rule.problem(patch) is None
     if max(shape) <= rule.divisor:  # a tiny volume: grown only as far as the network needs
-        cells = math.prod(p // rule.divisor for p in patch)
+        cells = rule.bottleneck_voxels(patch)
         # (x and y grow together when they share a spacing, which can double the minimum)
         assert rule.min_bottleneck_voxels <= cells <= 2 * rule.min_bottleneck_voxels
 

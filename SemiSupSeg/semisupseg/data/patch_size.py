@@ -29,7 +29,8 @@ def default_patch_size(
 
     ``divisor`` is one number or one per axis (a network planned for thin slabs pools the slice
     axis fewer times: 16, 16, 8); below, "multiple of ``divisor``" is per axis. ``strides``: what
-    one bottleneck voxel spans per axis (default: the divisors), for rule 6.
+    one bottleneck voxel spans per axis (default: the divisors; 0: the axis does not count, as
+    for the slice-wise network), for rule 6.
 
     1. ``cap`` = the median shape rounded to the nearest multiple of ``divisor`` (halves up, at
        least ``divisor``): a patch never needs to be larger than the typical volume, and the
@@ -92,8 +93,9 @@ def _grown_to_network_minimum(
     """
     patch = [int(p) for p in patch]
     square = bool(np.isclose(spacing[0], spacing[1], rtol=0.01)) and patch[0] == patch[1]
-    while math.prod(p // s for p, s in zip(patch, strides)) < min_cells:
-        axis = min(range(3), key=lambda a: (patch[a] * spacing[a], -a))
+    counting = [a for a in range(3) if strides[a]]  # stride 0: the axis has no bottleneck of its own
+    while math.prod(patch[a] // strides[a] for a in counting) < min_cells:
+        axis = min(counting, key=lambda a: (patch[a] * spacing[a], -a))
         grow = (0, 1) if square and axis < 2 else (axis,)
         for a in grow:
             patch[a] += d[a]

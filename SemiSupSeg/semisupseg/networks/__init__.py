@@ -19,14 +19,17 @@ from torch import nn
 from ..errors import InputError
 from .anisotropy import spacing_options
 from .resnet_vnet import ResNetVNet
+from .slice_unet import SliceUNet
 from .unet3d import UNet3D
 from .vnet import VNet
 
-NETWORKS: Dict[str, Callable[..., nn.Module]] = {"unet3d": UNet3D, "vnet": VNet, "resnet_vnet": ResNetVNet}
+NETWORKS: Dict[str, Callable[..., nn.Module]] = {
+    "unet3d": UNet3D, "vnet": VNet, "resnet_vnet": ResNetVNet, "unet2d": SliceUNet,
+}
 
 
 def build_network(name: str, in_channels: int = 1, num_classes: int = 2, **options) -> nn.Module:
-    """Instantiate the network ``name`` ('unet3d' or 'vnet') with its ``options``.
+    """Instantiate the network ``name`` (a key of ``NETWORKS``) with its ``options``.
 
     Raises ``InputError`` for an unknown name or option, listing the valid ones.
     """
@@ -52,7 +55,8 @@ class PatchRule:
     A network planned for thin slabs (``networks/anisotropy.py``) has per-axis ``divisors``
     (e.g. 16, 16, 8: z is pooled three times) and ``strides`` (the total pooling per axis, what
     one bottleneck voxel spans); ``divisor`` is then the largest of them. Both default to
-    ``divisor`` on every axis.
+    ``divisor`` on every axis. A stride of 0 means the axis does not count: the slice-wise
+    ``unet2d`` normalises each slice's bottleneck on its own, so only x and y decide.
     """
 
     network: str
@@ -70,15 +74,17 @@ class PatchRule:
         return tuple(self.strides) if self.strides else self.axis_divisors
 
     def bottleneck_voxels(self, patch: Sequence[int]) -> int:
-        return math.prod(int(p) // s for p, s in zip(patch, self.axis_strides))
+        return math.prod(int(p) // s for p, s in zip(patch, self.axis_strides) if s)
 
     def smallest_patch(self) -> tuple:
         """One of the smallest accepted patches (z grows first, keeping x = y)."""
         patch = list(self.axis_divisors)
-        axis = 2
+        counting = [a for a in (2, 1, 0) if self.axis_strides[a]]  # z, y, x, z, ...
+        step = 0
         while self.bottleneck_voxels(patch) < self.min_bottleneck_voxels:
+            axis = counting[step % len(counting)]
             patch[axis] += self.axis_divisors[axis]
-            axis = (axis + 2) % 3  # z, y, x, z, ...
+            step += 1
         return tuple(patch)
 
     def problem(self, patch: Sequence) -> Optional[str]:
@@ -102,12 +108,13 @@ class PatchRule:
             )
         cells = self.bottleneck_voxels(values)
         if cells < self.min_bottleneck_voxels:
-            bottleneck = "x".join(str(v // s) for v, s in zip(values, self.axis_strides))
-            smallest = list(self.smallest_patch())
             strides = self.axis_strides
-            fraction = f"1/{strides[0]}" if len(set(strides)) == 1 else " x ".join(f"1/{v}" for v in strides)
+            bottleneck = "x".join(str(v // s) for v, s in zip(values, strides) if s)
+            per_slice = " per slice" if 0 in strides else ""
+            smallest = list(self.smallest_patch())
+            fraction = f"1/{strides[0]}" if len(set(strides)) == 1 else " x ".join(f"1/{v}" for v in strides if v)
             return (
-                f"patch_size {values} is too small for network '{self.network}': its normalised bottleneck "
+                f"patch_size {values} is too small for network '{self.network}': its normalised bottleneck{per_slice} "
                 f"({fraction} of the patch) would be {bottleneck} voxel(s), and it needs at least "
                 f"{self.min_bottleneck_voxels}. The smallest patch it supports is {smallest} "
                 + ("(in any axis order)." if len(set(strides)) == 1 else "(x, y, z).")
@@ -151,5 +158,5 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 
 __all__ = [
     "NETWORKS", "PatchRule", "build_network", "patch_rule", "enable_mc_dropout", "count_parameters", "spacing_options",
-    "UNet3D", "VNet", "ResNetVNet",
+    "UNet3D", "VNet", "ResNetVNet", "SliceUNet",
 ]

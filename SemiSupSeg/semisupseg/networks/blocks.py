@@ -34,8 +34,11 @@ def conv_unit(
     kernel_size: Union[int, Sequence[int]] = 3,
     stride: int = 1,
     transposed: bool = False,
+    spatial_dims: int = 3,
 ) -> Convolution:
     """One convolution (with bias) followed by ``norm`` (MONAI name or None) and ReLU.
+
+    ``spatial_dims`` 2 builds the 2D unit (Conv2d, InstanceNorm2d) of the slice-wise network.
 
     kernel 3 / stride 1 keeps the size (padding 1); kernel 2 / stride 2 halves it (or doubles it
     when ``transposed``) without padding. A per-axis kernel such as (3, 3, 1) (an in-plane
@@ -47,7 +50,7 @@ def conv_unit(
         kernel_size = tuple(int(k) for k in kernel_size)
         padding = tuple((k - 1) // 2 for k in kernel_size) if stride == 1 else 0
     return Convolution(
-        spatial_dims=3,
+        spatial_dims=spatial_dims,
         in_channels=in_channels,
         out_channels=out_channels,
         strides=stride,
@@ -62,11 +65,13 @@ def conv_unit(
 
 
 def conv_stage(
-    n_convs: int, in_channels: int, out_channels: int, norm: Optional[str], kernel_size: Union[int, Sequence[int]] = 3
+    n_convs: int, in_channels: int, out_channels: int, norm: Optional[str], kernel_size: Union[int, Sequence[int]] = 3,
+    spatial_dims: int = 3,
 ) -> nn.Sequential:
     """``n_convs`` conv units (3x3x3 by default) in a row, the first one changing the channel count."""
     units = [
-        conv_unit(in_channels if i == 0 else out_channels, out_channels, norm, kernel_size=kernel_size)
+        conv_unit(in_channels if i == 0 else out_channels, out_channels, norm, kernel_size=kernel_size,
+                  spatial_dims=spatial_dims)
         for i in range(n_convs)
     ]
     return nn.Sequential(*units)
@@ -110,7 +115,7 @@ def init_weights(module: nn.Module) -> None:
     output voxel sees exactly ``in_channels`` inputs, so that is its true fan-in; torch's own
     fan computation would count ``out_channels * kernel volume`` instead, hence the explicit std.
     """
-    if isinstance(module, nn.Conv3d):
+    if isinstance(module, (nn.Conv3d, nn.Conv2d)):
         nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
     elif isinstance(module, nn.ConvTranspose3d):
         std = math.sqrt(2.0 / module.in_channels)

@@ -51,7 +51,7 @@ def inherited_from_source(config: dict, workspace: Path) -> dict:
 
 def with_cpu_defaults(config: dict, cases: List) -> dict:
     out = dict(config)
-    if config["network"] == "unet3d" and "widths" not in config["network_options"]:
+    if config["network"] in ("unet3d", "unet2d") and "widths" not in config["network_options"]:
         out["network_options"] = {**config["network_options"], "widths": list(CPU_UNET_WIDTHS)}
     if config.get("target_spacing") is None:
         headers = [read_header(case.image) for case in cases]

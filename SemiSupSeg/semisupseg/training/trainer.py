@@ -203,6 +203,8 @@ class Trainer(BudgetKeeping, Checkpointing, DeviceRecovery, LiveWorkspace, Predi
 
     @property
     def channels_last(self) -> bool:
+        if self.config["network"] == "unet2d":
+            return False  # a layout for 5-D tensors; the slice-wise network's weights are 2D
         setting = self.config["channels_last"]
         return self.device.type == "cpu" if setting == "auto" else bool(setting)
 
