@@ -123,6 +123,8 @@ class SemiSupSegParameterNode:
         `postprocess: largest_foreground`); off by default, since it would drop one of two kidneys.
     averageFlips - predictions are the mean over the in-plane flips training uses (engine `tta: flips`),
         4x the prediction time; off by default.
+    sliceBySlice - train a 2D U-Net run on every slice (engine `network: unet2d`) for thin-slab scans;
+        off by default (the 3D U-Net, planned from the spacing).
     showUncertainty, uncertaintyOpacity - the entropy heat overlay in the slice views.
     trainFromScratch - Train again starts from random weights instead of the last run's final weights.
     keepTraining - the live loop: train until Stop (engine `iterations: 0`, `--continuous`), picking up
@@ -147,6 +149,7 @@ class SemiSupSegParameterNode:
     timeBudgetMin: Annotated[int, WithinRange(0, 10_000)] = 0
     largestStructureOnly: bool = False
     averageFlips: bool = False
+    sliceBySlice: bool = False
     trainFromScratch: bool = False
     keepTraining: bool = True
     showUncertainty: bool = True
@@ -521,6 +524,8 @@ class SemiSupSegTest(ScriptedLoadableModuleTest, AnnotationLoopChecks):
         self.assertEqual(trainingConfig(parameters)["postprocess"], "largest_foreground")
         widget.ui.averageFlipsCheckBox.checked = True
         self.assertEqual(trainingConfig(parameters)["tta"], "flips")
+        widget.ui.sliceBySliceCheckBox.checked = True
+        self.assertEqual(trainingConfig(parameters)["network"], "unet2d")
         widget.ui.showUncertaintyCheckBox.checked = False
         self.assertFalse(parameters.showUncertainty)
         widget.ui.deviceComboBox.currentIndex = DEVICES.index("cpu")

@@ -130,7 +130,8 @@ class SemiSupSegLogic:
 
         The previous run's final weights (``checkpoints/last.pt``) by default; None (random weights)
         when ``fromScratch``, when there is no previous run or checkpoint, or when the previous run
-        trained another method or class list (its weights would not fit: the engine refuses them).
+        trained another method, network or class list (its weights would not fit: the engine
+        refuses them).
         ``reason`` says why in one sentence (empty when warm-starting).
         """
         if fromScratch:
@@ -140,9 +141,13 @@ class SemiSupSegLogic:
         previous = runFolder(workspaceDir, previousRunId)
         if not (previous / "checkpoints" / "last.pt").exists():
             return None, f"Run {previousRunId} left no checkpoint: starting from random weights."
-        previousMethod = (readJson(previous / "config.json", default={}) or {}).get("method")
+        previousConfig = readJson(previous / "config.json", default={}) or {}
+        previousMethod = previousConfig.get("method")
         if config.get("method") and previousMethod and previousMethod != config["method"]:
             return None, f"Run {previousRunId} trained {previousMethod}, not {config['method']}: starting from random weights."
+        previousNetwork, network = previousConfig.get("network", "unet3d"), config.get("network", "unet3d")
+        if previousNetwork != network:  # a 3D run's weights do not fit the slice-by-slice network, nor back
+            return None, f"Run {previousRunId} trained the {previousNetwork} network, not {network}: starting from random weights."
         note = readJson(previous / RUN_NOTE_FILE, default={}) or {}
         classNames = classNamesOf(readDataset(workspaceDir))
         if note.get("classNames") and note["classNames"] != classNames:

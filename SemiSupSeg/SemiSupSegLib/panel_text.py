@@ -215,6 +215,8 @@ def trainingConfig(parameters) -> dict:
         config["postprocess"] = "largest_foreground"
     if getattr(parameters, "averageFlips", False):
         config["tta"] = "flips"
+    if getattr(parameters, "sliceBySlice", False):
+        config["network"] = "unet2d"  # the engine's slice-wise 2D U-Net (networks/slice_unet.py)
     patch = [int(parameters.patchX), int(parameters.patchY), int(parameters.patchZ)]
     if any(patch):
         config["patch_size"] = patch

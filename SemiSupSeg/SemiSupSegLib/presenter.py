@@ -66,6 +66,7 @@ class PanelParameters:
     timeBudgetMin: int = 0
     largestStructureOnly: bool = False
     averageFlips: bool = False
+    sliceBySlice: bool = False
     trainFromScratch: bool = False
     keepTraining: bool = True
     showUncertainty: bool = True

@@ -482,6 +482,11 @@ def test_average_flips_asks_the_engine_for_flip_averaged_predictions(gui):
     assert gui.trainingConfig(parameters(averageFlips=True))["tta"] == "flips"
 
 
+def test_slice_by_slice_asks_the_engine_for_the_2d_network(gui):
+    assert "network" not in gui.trainingConfig(parameters(sliceBySlice=False))  # engine default: unet3d
+    assert gui.trainingConfig(parameters(sliceBySlice=True))["network"] == "unet2d"
+
+
 def test_training_config_keys_are_engine_config_keys(gui):
     config_module = MODULE_DIR / "semisupseg" / "config.py"
     if not config_module.exists():
@@ -493,7 +498,7 @@ def test_training_config_keys_are_engine_config_keys(gui):
         sys.path.remove(str(MODULE_DIR))
     config = gui.trainingConfig(parameters(iterations=1, batchLabelled=1, batchUnlabelled=1, predictEvery=1,
                                            patchX=16, patchY=16, patchZ=16, timeBudgetMin=5,
-                                           largestStructureOnly=True, averageFlips=True))
+                                           largestStructureOnly=True, averageFlips=True, sliceBySlice=True))
     assert set(config) <= set(DEFAULTS), f"keys the engine does not know: {set(config) - set(DEFAULTS)}"
 
 

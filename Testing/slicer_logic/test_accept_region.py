@@ -337,6 +337,8 @@ def test_train_again_warm_starts_from_the_previous_run(tmp_path, mrml):
     assert logic.warmStartRun(tmp_path, None, {"method": "dycon"})[0] is None
     source, reason = logic.warmStartRun(tmp_path, "run-a", {"method": "mean_teacher"})
     assert source is None and "trained dycon, not mean_teacher" in reason
+    source, reason = logic.warmStartRun(tmp_path, "run-a", {"method": "dycon", "network": "unet2d"})
+    assert source is None and "unet3d network, not unet2d" in reason  # config.json without network: unet3d
     (previous / "slicer-run.json").write_text(json.dumps({"classNames": ["background", "liver"]}))
     source, reason = logic.warmStartRun(tmp_path, "run-a", {"method": "dycon"})
     assert source is None and "['liver']" in reason
