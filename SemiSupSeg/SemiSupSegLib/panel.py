@@ -34,6 +34,12 @@ PATCH_MIN_BOTTLENECK_VOXELS = 2
 PANEL_POOLINGS = 4  # the U-Net's poolings (anisotropy.LEVELS)
 FINE_SPACING_RATIO = 2.0  # an axis up to twice the finest spacing is pooled (anisotropy.FINE_RATIO)
 EMBEDDING_STRIDE = 8  # FeCL's block grid: every axis a multiple of 8 at least (unet3d.size_divisors)
+# "Segment slice by slice" trains the 2D network (slice_unet.SliceUNet): x and y halved four times,
+# z only a multiple of FeCL's grid, and each slice's bottleneck normalised on its own (stride 0: z
+# does not count), whatever the spacing.
+PANEL_SLICE_NETWORK = "unet2d"
+SLICE_DIVISORS = (PATCH_DIVISOR, PATCH_DIVISOR, EMBEDDING_STRIDE)
+SLICE_STRIDES = (PATCH_DIVISOR, PATCH_DIVISOR, 0)
 
 
 def medianSpacing(spacings: Sequence[Sequence[float]]) -> Optional[tuple]:
@@ -50,14 +56,19 @@ def _median(values: list) -> float:
     return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
-def patchAxisRule(spacing: Optional[Sequence[float]] = None) -> tuple:
+def patchAxisRule(spacing: Optional[Sequence[float]] = None, sliceBySlice: bool = False) -> tuple:
     """``(divisors, strides)`` per axis (x, y, z) of the panel's network for data of this spacing.
+
+    ``sliceBySlice``: the 2D network's rule (``SLICE_DIVISORS``, ``SLICE_STRIDES``), which the
+    spacing does not change.
 
     The engine's plan, stage by stage with the stage's spacing ``s``: axis ``a`` is pooled (x2)
     when ``s_a <= 2 * min(s)``, then ``s_a`` grows by its pool. ``strides_a = prod(pools_a)``
     (input voxels per bottleneck voxel), ``divisors_a = max(strides_a, 8)``. None or isotropic
     spacing: (16, 16, 16) both.
     """
+    if sliceBySlice:
+        return SLICE_DIVISORS, SLICE_STRIDES
     if not spacing:
         return (PATCH_DIVISOR,) * 3, (PATCH_DIVISOR,) * 3
     current = [float(v) for v in spacing]
@@ -73,32 +84,46 @@ def patchAxisRule(spacing: Optional[Sequence[float]] = None) -> tuple:
 
 def patchSizeProblem(patch: Sequence[int], divisor: int = PATCH_DIVISOR,
                      minBottleneckVoxels: int = PATCH_MIN_BOTTLENECK_VOXELS,
-                     spacing: Optional[Sequence[float]] = None) -> Optional[str]:
+                     spacing: Optional[Sequence[float]] = None, sliceBySlice: bool = False) -> Optional[str]:
     """None when the patch is automatic (all 0) or one the engine's network accepts, else the fix.
 
     ``spacing``: the cases' median (x, y, z) mm (``medianSpacing``); None uses ``divisor`` on every
-    axis. Accepted: positive multiples of the per-axis divisors with
-    ``prod(p_a // stride_a) >= minBottleneckVoxels`` (the engine's ``PatchRule.problem``), e.g.
-    32 x 16 x 16 but not 16 x 16 x 16; for 1.5 x 1.5 x 5 mm slabs 144 x 144 x 8.
+    axis. ``sliceBySlice``: check for the 2D network the panel then sends (``patchAxisRule``).
+    Accepted: positive multiples of the per-axis divisors with
+    ``prod(p_a // stride_a) >= minBottleneckVoxels`` over the axes whose stride is not 0 (the
+    engine's ``PatchRule.problem``), e.g. 32 x 16 x 16 but not 16 x 16 x 16; for 1.5 x 1.5 x 5 mm
+    slabs 144 x 144 x 8; slice by slice 32 x 16 x 8 but not 16 x 16 x 64.
     """
     values = [int(p) for p in patch]
     if not any(values):
         return None
-    divisors, strides = patchAxisRule(spacing) if spacing else ((divisor,) * 3, (divisor,) * 3)
+    if sliceBySlice or spacing:
+        divisors, strides = patchAxisRule(spacing, sliceBySlice)
+    else:
+        divisors, strides = (divisor,) * 3, (divisor,) * 3
     if len(values) != 3 or any(v <= 0 or v % d for v, d in zip(values, divisors)):
         if len(set(divisors)) == 1:
             return f"Patch size {tuple(values)}: set all three to multiples of {divisors[0]}, or all to auto."
         return (f"Patch size {tuple(values)}: set x, y, z to multiples of {divisors[0]}, {divisors[1]}, {divisors[2]} "
                 "(the network pools the thick-slice axis of these scans fewer times), or all to auto.")
-    if math.prod(v // s for v, s in zip(values, strides)) < minBottleneckVoxels:
-        if len(set(strides)) == 1:
-            example = f"{2 * divisors[0]} x {divisors[1]} x {divisors[2]}"
-        else:  # grow the thick-slice axis, which the bottleneck shrinks least
-            example = " x ".join(str(2 * d if s == min(strides) else d) for d, s in zip(divisors, strides))
-        return (f"Patch size {tuple(values)} is too small for the network: its bottleneck "
-                f"({' x '.join(f'1/{s}' for s in strides) if len(set(strides)) > 1 else f'1/{strides[0]}'} of the patch) "
-                f"needs at least {minBottleneckVoxels} voxels. Make one side larger (e.g. {example}), or set all to auto.")
+    if math.prod(v // s for v, s in zip(values, strides) if s) < minBottleneckVoxels:
+        return _bottleneckProblem(values, divisors, strides, minBottleneckVoxels)
     return None
+
+
+def _bottleneckProblem(values: list, divisors: tuple, strides: tuple, minBottleneckVoxels: int) -> str:
+    if 0 in strides:  # slice by slice: only the in-plane size counts
+        example = f"{2 * divisors[0]} x {divisors[1]} x {divisors[2]}"
+        return (f"Patch size {tuple(values)} is too small for the slice-by-slice network: each slice's bottleneck "
+                f"(1/{strides[0]} x 1/{strides[1]} of x and y) needs at least {minBottleneckVoxels} voxels, and more "
+                f"slices do not help. Make x or y larger (e.g. {example}), or set all to auto.")
+    if len(set(strides)) == 1:
+        example = f"{2 * divisors[0]} x {divisors[1]} x {divisors[2]}"
+    else:  # grow the thick-slice axis, which the bottleneck shrinks least
+        example = " x ".join(str(2 * d if s == min(strides) else d) for d, s in zip(divisors, strides))
+    return (f"Patch size {tuple(values)} is too small for the network: its bottleneck "
+            f"({' x '.join(f'1/{s}' for s in strides) if len(set(strides)) > 1 else f'1/{strides[0]}'} of the patch) "
+            f"needs at least {minBottleneckVoxels} voxels. Make one side larger (e.g. {example}), or set all to auto.")
 
 
 class ParameterNodeGuiBinding:

@@ -223,8 +223,9 @@ def trainingConfig(parameters) -> dict:
     return config
 
 
-def validateTrainingInputs(workspaceDir, cases: list, patch=(0, 0, 0)) -> list:
-    """Every reason Train cannot start, as sentences that say what to do; [] when it can."""
+def validateTrainingInputs(workspaceDir, cases: list, patch=(0, 0, 0), sliceBySlice: bool = False) -> list:
+    """Every reason Train cannot start, as sentences that say what to do; [] when it can.
+    ``sliceBySlice``: the patch is checked for the 2D network that option trains."""
     problems = []
     if not isPathSet(workspaceDir):
         problems.append(_("Choose a workspace folder (Cases section): the images, labels and runs are written there."))
@@ -241,8 +242,10 @@ def validateTrainingInputs(workspaceDir, cases: list, patch=(0, 0, 0)) -> list:
         problems.append(_("Mark at least one case that has a segmentation as labelled ('Mark as labelled'), or accept a region of one in Review."))
     labelled = {case.name: case.segmentNames for case in cases if case.labelled and case.hasSegmentation}
     problems += classNamesFromSegments(labelled)[1]
-    # The engine plans the pooling from the median spacing of the cases (thin slabs pool z fewer times).
-    patchProblem = patchSizeProblem(patch, spacing=medianSpacing([case.spacing for case in cases if case.hasImage]))
+    # The engine plans the 3D pooling from the median spacing of the cases (thin slabs pool z fewer
+    # times); the 2D network's rule does not depend on it.
+    spacing = medianSpacing([case.spacing for case in cases if case.hasImage])
+    patchProblem = patchSizeProblem(patch, spacing=spacing, sliceBySlice=sliceBySlice)
     if patchProblem:
         problems.append(patchProblem)
     return problems

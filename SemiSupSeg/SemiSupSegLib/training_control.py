@@ -92,7 +92,8 @@ class TrainingControl:
     def trainingProblems(self) -> list:
         parameters = self.parameters
         patch = (parameters.patchX, parameters.patchY, parameters.patchZ)
-        return validateTrainingInputs(parameters.workspaceDir, self.caseSummaries(), patch)
+        return validateTrainingInputs(parameters.workspaceDir, self.caseSummaries(), patch,
+                                      sliceBySlice=parameters.sliceBySlice)
 
     def onTrainButton(self, ensureDependencies: Callable[[], bool] = lambda: True,
                       stopInBackground: Optional[Callable] = None) -> str:

@@ -68,6 +68,15 @@ def test_the_panel_accepts_a_thin_slab_patch_the_engine_accepts(mrml, tmp_path):
     # An isotropic case keeps the old rule: 144 x 144 x 8 is refused (z must be a multiple of 16).
     assert patchSizeProblem((144, 144, 8), spacing=(1.0, 1.0, 1.0)) is not None
     assert patchSizeProblem((144, 144, 8)) is not None
+    # Slice by slice the panel checks the 2D network it then sends: 16 x 16 x 64 passes the 3D rule
+    # for these slabs (2 bottleneck voxels along z) but not the 2D one (one voxel per slice).
+    presenter.parameters.patchX, presenter.parameters.patchY, presenter.parameters.patchZ = (16, 16, 64)
+    assert presenter.trainingProblems() == []
+    presenter.parameters.sliceBySlice = True
+    problems = presenter.trainingProblems()
+    assert len(problems) == 1 and "slice-by-slice" in problems[0] and "32 x 16 x 8" in problems[0], problems
+    presenter.parameters.patchX, presenter.parameters.patchY, presenter.parameters.patchZ = (32, 16, 8)
+    assert presenter.trainingProblems() == []
 
 
 def test_the_panel_and_the_engine_agree_on_the_patch_for_each_spacing():
@@ -83,6 +92,20 @@ def test_the_panel_and_the_engine_agree_on_the_patch_for_each_spacing():
         for patch in [(x, y, z) for x in sizes for y in sizes for z in sizes]:
             assert (patchSizeProblem(patch, spacing=spacing) is None) == (rule.problem(patch) is None), (spacing, patch)
     assert patchAxisRule(THIN_SLAB) == ((16, 16, 8), (16, 16, 8))
+
+
+def test_the_panel_and_the_engine_agree_on_the_slice_by_slice_patch():
+    pytest.importorskip("torch")
+    from semisupseg.networks import patch_rule
+    from SemiSupSegLib import panel
+
+    rule = patch_rule(panel.PANEL_SLICE_NETWORK)
+    assert patchAxisRule(THIN_SLAB, sliceBySlice=True) == (rule.axis_divisors, rule.axis_strides)
+    sizes = (8, 16, 24, 32, 48, 64, 144)
+    for spacing in (None, (1.0, 1.0, 1.0), THIN_SLAB):
+        for patch in [(x, y, z) for x in sizes for y in sizes for z in sizes]:
+            panelSays = patchSizeProblem(patch, spacing=spacing, sliceBySlice=True)
+            assert (panelSays is None) == (rule.problem(patch) is None), (spacing, patch, panelSays)
 
 
 def test_the_median_spacing_is_taken_per_axis():
