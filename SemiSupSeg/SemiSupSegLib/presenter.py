@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from . import case_nodes
-from .panel import CaseDisplay
+from .panel import CaseDisplay, medianSpacing
 from .panel_state import IDLE, STOPPING, TRAINING, PanelProblem, ProgressView  # the widget and tests import them from here
 from .panel_text import (
     CaseSummary,
@@ -38,6 +38,7 @@ from .panel_text import (
     listVolumeFiles,
     regionText,
     segmentNamesOf,
+    thinSlabHint,
 )
 from .review_control import ReviewControl
 from .training_control import TrainingControl
@@ -259,7 +260,9 @@ class SemiSupSegPresenter(TrainingControl, ReviewControl):
         return rows
 
     def classNamesText(self) -> str:
-        labelled = {case.name: case.segmentNames for case in self.caseSummaries() if case.labelled and case.hasSegmentation}
+        """The classes training will learn, problems with them in red, and the thin-slab hint."""
+        summaries = self.caseSummaries()
+        labelled = {case.name: case.segmentNames for case in summaries if case.labelled and case.hasSegmentation}
         classNames, problems = classNamesFromSegments(labelled)
         if not labelled:
             text = _("Classes: mark a case that has a segmentation as labelled.")
@@ -267,6 +270,10 @@ class SemiSupSegPresenter(TrainingControl, ReviewControl):
             text = _("Classes: background, {names}").format(names=", ".join(classNames) or "-")
         if problems:
             text += "<br><span style='color:#d03030'>" + "<br>".join(problems) + "</span>"
+        spacing = medianSpacing([case.spacing for case in summaries if case.hasImage])
+        hint = thinSlabHint(spacing, bool(self.parameters is not None and self.parameters.sliceBySlice))
+        if hint:
+            text += "<br>" + hint
         return text
 
     def currentCaseId(self) -> Optional[str]:

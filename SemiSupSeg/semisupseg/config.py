@@ -210,7 +210,7 @@ def resolve_config(config: dict, device, image_shapes: Sequence, spacings: Seque
     """Fill every ``None`` from the device and the data; validate ranges."""
     import numpy as np
 
-    from .data.patch_size import default_patch_size
+    from .data.patch_size import cpu_patch_voxels, default_patch_size
     from .data.strong_augmentation import check_augmentation
     from .inference.flip_averaging import check_tta
     from .inference.postprocess import check_postprocess
@@ -236,6 +236,7 @@ def resolve_config(config: dict, device, image_shapes: Sequence, spacings: Seque
     if out["patch_size"] is None:
         out["patch_size"] = list(default_patch_size(
             image_shapes, spacings, divisor=rule.axis_divisors, on_gpu=on_gpu,
+            max_voxels=None if on_gpu else cpu_patch_voxels(out["network"]),
             min_bottleneck_voxels=rule.min_bottleneck_voxels, strides=rule.axis_strides,
         ))
     patch = out["patch_size"]

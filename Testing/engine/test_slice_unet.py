@@ -4,6 +4,7 @@ and a DyCON step and a supervised run through the engine on a thin-slab cardiac-
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import SimpleITK as sitk
 import torch
 
 from semisupseg.config import load_config, resolve_config
+from semisupseg.data.patch_size import CPU_PATCH_VOXELS, cpu_patch_voxels, default_patch_size
 from semisupseg.methods import StepContext, build_method
 from semisupseg.networks import build_network, patch_rule
 
@@ -89,16 +91,21 @@ def test_backward_reaches_every_parameter():
     assert not dead
 
 
-def test_resolve_config_plans_no_3d_pooling_and_keeps_the_thin_slab_patch():
-    """unet2d takes no pool_sizes / kernel_sizes (the spacing plan is for unet3d) and the automatic
-    patch of ACDC-like volumes is the in-plane-heavy 144 x 144 x 8 of the 3D plan."""
+def test_resolve_config_plans_no_3d_pooling_and_a_smaller_cpu_patch():
+    """unet2d takes no pool_sizes / kernel_sizes (the spacing plan is for unet3d). On a CPU its
+    automatic patch of ACDC-like volumes is 96 x 96 x 8 (its own, smaller voxel budget), where the
+    3D U-Net gets 144 x 144 x 8; isotropic LA-like volumes get a smaller patch too."""
     config = load_config(None)
     config.update(network="unet2d", network_options={"widths": [8, 16, 32, 64, 128]})
     shapes, spacings = [(232, 256, 9)] * 4, [(1.5, 1.5, 5.0)] * 4
     out = resolve_config(config, torch.device("cpu"), shapes, spacings)
     assert out["network_options"] == {"widths": [8, 16, 32, 64, 128]}
-    assert out["patch_size"] == [144, 144, 8]
+    assert out["patch_size"] == [96, 96, 8]
     build_network(out["network"], 1, 4, **out["network_options"])  # what config.json rebuilds
+    assert default_patch_size(shapes, spacings, divisor=(16, 16, 8)) == (144, 144, 8)  # the 3D budget
+    la_like = resolve_config(config, torch.device("cpu"), [(112, 112, 72)] * 4, [(1.0, 1.0, 1.0)] * 4)["patch_size"]
+    assert math.prod(la_like) <= cpu_patch_voxels("unet2d") < CPU_PATCH_VOXELS
+    assert la_like[0] == la_like[1] and la_like[0] % 16 == 0 and la_like[2] % 8 == 0
 
 
 def test_dycon_step_runs_on_the_slice_network():

@@ -20,6 +20,7 @@ pytest.importorskip("SimpleITK")
 
 from SemiSupSegLib import SemiSupSegLogic, case_nodes  # noqa: E402
 from SemiSupSegLib.panel import medianSpacing, patchAxisRule, patchSizeProblem  # noqa: E402
+from SemiSupSegLib.panel_text import thinSlabHint  # noqa: E402
 from SemiSupSegLib.presenter import PanelParameters, SemiSupSegPresenter  # noqa: E402
 from SemiSupSegLib.results_loader import SEGMENT_PALETTE  # noqa: E402
 from slicer_test_scenes import directionMatrix, makeSegmentation, makeVolume  # noqa: E402
@@ -77,6 +78,17 @@ def test_the_panel_accepts_a_thin_slab_patch_the_engine_accepts(mrml, tmp_path):
     assert len(problems) == 1 and "slice-by-slice" in problems[0] and "32 x 16 x 8" in problems[0], problems
     presenter.parameters.patchX, presenter.parameters.patchY, presenter.parameters.patchZ = (32, 16, 8)
     assert presenter.trainingProblems() == []
+
+
+def test_thin_slabs_get_the_slice_by_slice_hint_until_it_is_on(mrml, tmp_path):
+    cardiacCase(mrml.scene)
+    presenter = SemiSupSegPresenter(SemiSupSegLogic(), PanelParameters(workspaceDir=tmp_path / "ws"))
+    presenter.addSceneVolumes()
+    assert "thin slabs (1.5 x 1.5 x 5.0 mm voxels)" in presenter.classNamesText()
+    presenter.parameters.sliceBySlice = True
+    assert "thin slabs" not in presenter.classNamesText()
+    assert thinSlabHint((1.0, 1.0, 2.9), False) is None and thinSlabHint((1.0, 1.0, 3.0), False) is not None
+    assert thinSlabHint(None, False) is None and thinSlabHint((0.0, 1.0, 5.0), False) is None
 
 
 def test_the_panel_and_the_engine_agree_on_the_patch_for_each_spacing():

@@ -14,6 +14,17 @@ PatchSize = Tuple[int, int, int]
 
 GPU_PATCH_VOXELS = 112 * 112 * 80  # ~1.0e6: the LA literature's patch, fits a 3D U-Net at batch 4+4
 CPU_PATCH_VOXELS = 64 * 64 * 48  # ~0.2e6: keeps a CPU step at a few seconds
+# The slice-wise 2D U-Net on a CPU gets a smaller patch: at CPU scale more steps within the time
+# budget were worth more than context per step. ACDC, 20 minutes on the 2-core CPU: 96 x 96 x 8
+# trained 3041 iterations to a held-out Dice of 0.772, the 3D budget's 144 x 144 x 8 1323-1442
+# iterations to 0.741-0.747 (docs/benchmarks.md, acdc notes). The sliding window still covers
+# whole slices at inference. GPUs keep GPU_PATCH_VOXELS for every network.
+CPU_PATCH_VOXELS_BY_NETWORK = {"unet2d": 96 * 96 * 8}
+
+
+def cpu_patch_voxels(network: str) -> int:
+    """The automatic patch's voxel budget for ``network`` on a CPU."""
+    return CPU_PATCH_VOXELS_BY_NETWORK.get(network, CPU_PATCH_VOXELS)
 
 
 def default_patch_size(
