@@ -20,6 +20,7 @@ from . import case_nodes, dependencies, navigation, prediction_edits, region_cor
 from .corrections import acceptPrediction
 from .exporter import Exporter
 from .files import atomicWriteJson, readJson
+from .panel import PANEL_NETWORK
 from .dependencies import noConsoleWindow
 from .results_loader import UNCERTAINTY_OPACITY, ResultsLoader
 from .training_job import TrainingJob, defaultPythonExecutable, runFolder, workerCommand, workerEnvironment
@@ -145,7 +146,8 @@ class SemiSupSegLogic:
         previousMethod = previousConfig.get("method")
         if config.get("method") and previousMethod and previousMethod != config["method"]:
             return None, f"Run {previousRunId} trained {previousMethod}, not {config['method']}: starting from random weights."
-        previousNetwork, network = previousConfig.get("network", "unet3d"), config.get("network", "unet3d")
+        # a config without "network" trains the engine's default network (PANEL_NETWORK, checked against the engine)
+        previousNetwork, network = previousConfig.get("network", PANEL_NETWORK), config.get("network", PANEL_NETWORK)
         if previousNetwork != network:  # a 3D run's weights do not fit the slice-by-slice network, nor back
             return None, f"Run {previousRunId} trained the {previousNetwork} network, not {network}: starting from random weights."
         note = readJson(previous / RUN_NOTE_FILE, default={}) or {}

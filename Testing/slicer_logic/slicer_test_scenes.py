@@ -171,6 +171,18 @@ def runToEnd(job, timeout: float = 300.0) -> list:
     return events + job.pollEvents()
 
 
+def writeArray(volumeNode, array, path, labelmap: bool) -> None:
+    """Write a (k, j, i) array to ``path`` on ``volumeNode``'s grid, as the engine writes its results."""
+    from SemiSupSegLib.mrml_helpers import copyGeometry, writeVolumeFile
+
+    className = "vtkMRMLLabelMapVolumeNode" if labelmap else "vtkMRMLScalarVolumeNode"
+    node = slicer.mrmlScene.AddNewNodeByClass(className, "test writer")
+    copyGeometry(volumeNode, node)
+    slicer.util.updateVolumeFromArray(node, array)
+    writeVolumeFile(node, path)
+    slicer.mrmlScene.RemoveNode(node)
+
+
 def sliceCentres(scene) -> dict:
     """``{view name: (r, a, s)}`` centre of every slice node."""
     centres = {}

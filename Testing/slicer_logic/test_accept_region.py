@@ -1,7 +1,7 @@
 """Accept region on real MRML: the corrected prediction inside an uncertain region becomes annotated
 voxels of the case's partial label (255 elsewhere), on exactly the image grid, incrementally; the
-user's segmentations are never touched; refusals; newer predictions wait for unaccepted edits;
-"Train again" warm-starts (--init-from); a real worker trains on the partial case.
+user's segmentations are never touched; refusals; newer predictions wait for unaccepted edits.
+"Train again" and a worker taking in an accepted region: test_warm_start.py.
 
 The run's results (prediction, uncertainty, regions.json) are written by the test on the volume's
 grid, so every expected voxel is known; the expected region voxels are computed independently of
@@ -10,7 +10,6 @@ the logic, from a Euclidean distance transform in millimetres."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,19 +21,16 @@ ndimage = pytest.importorskip("scipy.ndimage")
 
 import slicer  # noqa: E402
 from SemiSupSegLib import SemiSupSegLogic  # noqa: E402
-from SemiSupSegLib.mrml_helpers import copyGeometry, writeVolumeFile  # noqa: E402
-from SemiSupSegLib.training_job import workerCommand  # noqa: E402
 from slicer_test_scenes import (  # noqa: E402
-    FAST_TRAINING,
     assertGeometryEqualsNode,
     assertSameSegments,
     blob,
     directionMatrix,
+    ijkToRasArray,
     makeSegmentation,
     makeVolume,
-    runToEnd,
     segmentArrays,
-    tinyTrainingCases,
+    writeArray,
 )
 
 SHAPE_KJI = (10, 18, 22)
@@ -60,23 +56,6 @@ def uncertaintyMap() -> np.ndarray:
     return np.where(np.abs(distance - 1.0) < 0.35, 0.8, 0.05).astype(np.float32)
 
 
-def writeArray(volumeNode, array, path: Path, labelmap: bool) -> None:
-    className = "vtkMRMLLabelMapVolumeNode" if labelmap else "vtkMRMLScalarVolumeNode"
-    node = slicer.mrmlScene.AddNewNodeByClass(className, "test writer")
-    copyGeometry(volumeNode, node)
-    slicer.util.updateVolumeFromArray(node, array)
-    writeVolumeFile(node, path)
-    slicer.mrmlScene.RemoveNode(node)
-
-
-def ijkToRas(volumeNode) -> np.ndarray:
-    import vtk
-
-    matrix = vtk.vtkMatrix4x4()
-    volumeNode.GetIJKToRASMatrix(matrix)
-    return slicer.util.arrayFromVTKMatrix(matrix)
-
-
 def writeRun(workspace: Path, volumeNode, caseId: str, classes: np.ndarray, runId: str = RUN) -> None:
     """A finished run's files for one case: prediction, uncertainty and regions.json."""
     runDir = workspace / "runs" / runId
@@ -85,7 +64,7 @@ def writeRun(workspace: Path, volumeNode, caseId: str, classes: np.ndarray, runI
     regions = []
     for rank, (low, high) in enumerate(REGION_BOXES, start=1):
         centre = [(a + b) // 2 for a, b in zip(low, high)]
-        ras = (ijkToRas(volumeNode) @ np.array([*centre, 1.0]))[:3]
+        ras = (ijkToRasArray(volumeNode) @ np.array([*centre, 1.0]))[:3]
         regions.append({"rank": rank, "threshold": 0.5, "center_voxel": centre, "center_ras_mm": ras.tolist(),
                         "center_lps_mm": [-ras[0], -ras[1], ras[2]], "bbox_voxels": {"min": list(low), "max": list(high)}})
     path = runDir / "regions.json"
@@ -217,7 +196,7 @@ def test_accept_region_writes_the_edited_classes_on_the_image_grid_and_a_second_
 
 
 def test_class_names_are_checked_for_partial_cases_and_a_new_order_reindexes(reviewScene):
-    logic, workspace, (vol0, vol1) = reviewScene["logic"], reviewScene["workspace"], reviewScene["volumes"]
+    logic, workspace, (_, vol1) = reviewScene["logic"], reviewScene["workspace"], reviewScene["volumes"]
     regions = logic.regions(workspace, RUN, "vol1")
     logic.acceptRegion(workspace, vol1, regions[0])
     _, labels = readLabel(workspace / "labels" / "vol1.partial.nii.gz")
@@ -317,131 +296,15 @@ def test_a_newer_prediction_waits_for_unaccepted_edits(reviewScene):
     np.testing.assert_array_equal(predictionArray(prediction1, vol1), predictedClasses())
 
 
-def test_train_again_warm_starts_from_the_previous_run(tmp_path, mrml):
-    command = workerCommand("python", tmp_path, tmp_path / "c.json", "run-b", initFrom=tmp_path / "runs" / "run-a")
-    assert command[-2:] == ["--init-from", str(tmp_path / "runs" / "run-a")]
-    assert "--init-from" not in workerCommand("python", tmp_path, tmp_path / "c.json", "run-b")
-    with pytest.raises(ValueError, match="resumed run"):
-        workerCommand("python", tmp_path, tmp_path / "c.json", "run-b", resume=True, initFrom=tmp_path)
-
-    logic = SemiSupSegLogic()
-    logic.writeWorkspace(tmp_path, tinyTrainingCases(mrml.scene))
-    previous = tmp_path / "runs" / "run-a"
-    assert logic.warmStartRun(tmp_path, "run-a", {"method": "dycon"})[0] is None  # no checkpoint yet
-    (previous / "checkpoints").mkdir(parents=True)
-    (previous / "checkpoints" / "last.pt").write_bytes(b"weights")
-    (previous / "config.json").write_text(json.dumps({"method": "dycon"}))
-    (previous / "slicer-run.json").write_text(json.dumps({"classNames": ["background", "organ"]}))
-    assert logic.warmStartRun(tmp_path, "run-a", {"method": "dycon"}) == (previous, "")
-    assert logic.warmStartRun(tmp_path, "run-a", {"method": "dycon"}, fromScratch=True)[0] is None
-    assert logic.warmStartRun(tmp_path, None, {"method": "dycon"})[0] is None
-    source, reason = logic.warmStartRun(tmp_path, "run-a", {"method": "mean_teacher"})
-    assert source is None and "trained dycon, not mean_teacher" in reason
-    source, reason = logic.warmStartRun(tmp_path, "run-a", {"method": "dycon", "network": "unet2d"})
-    assert source is None and "unet3d network, not unet2d" in reason  # config.json without network: unet3d
-    (previous / "slicer-run.json").write_text(json.dumps({"classNames": ["background", "liver"]}))
-    source, reason = logic.warmStartRun(tmp_path, "run-a", {"method": "dycon"})
-    assert source is None and "['liver']" in reason
-
-    # startTraining puts the run on the command line (a stand-in "python" that exits at once).
-    job = logic.startTraining(tmp_path, {"method": "dycon"}, pythonExecutable="/bin/true", initFrom=previous)
-    job.wait(timeout=30)
-    assert job.command[job.command.index("--init-from") + 1] == str(previous)
-    note = json.loads((job.runDir / "slicer-run.json").read_text())
-    assert note["classNames"] == ["background", "organ"] and note["initFrom"] == str(previous)
-
-
-def _engineHasTheLiveLoop() -> bool:
-    """The engine side of issue 12, built in parallel: partial labels (dataset.json's ignore_label read by
-    the dataset loader), the workspace reload and --init-from."""
-    engine = Path(__file__).resolve().parents[2] / "SemiSupSeg" / "semisupseg"
-
-    def mentions(relativePath: str, key: str) -> bool:
-        path = engine / relativePath
-        return path.exists() and key in path.read_text(encoding="utf-8")
-
-    return (mentions("data/dataset.py", "ignore_label") and mentions("training/trainer.py", "workspace_reloaded")
-            and mentions("cli.py", "--init-from"))
-
-
-def eventsUntil(job, accept, timeout: float = 300.0) -> list:
-    """Poll a running job until an event satisfies ``accept`` (a safety deadline, not a timing assertion)."""
-    import time
-
-    events, deadline = [], time.monotonic() + timeout
-    while not any(accept(event) for event in events):
-        assert job.state in ("starting", "running"), f"worker ended early: {job.error}; events {events}"
-        assert time.monotonic() < deadline, f"no such event within {timeout} s; events so far {events}"
-        time.sleep(0.2)
-        events += job.pollEvents()
-    first = next(index for index, event in enumerate(events) if accept(event))
-    return events[:first + 1]  # ends with the event looked for
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(not _engineHasTheLiveLoop(), strict=False,
-                   reason="the engine's partial labels / workspace reload / --init-from (issue 12, sections 1-2) are not there yet")
-def test_a_running_worker_takes_in_an_accepted_region_and_train_again_warm_starts(mrml, tmp_path):
-    """vol0 fully labelled, vol1 unlabelled; a region of vol1 is accepted while a real worker trains: the worker
-    reloads the workspace with vol1 now (partially) labelled. Train again then starts from that run's weights
-    and trains on both labelled cases, the partial label among its inputs."""
-    logic = SemiSupSegLogic()
-    cases = tinyTrainingCases(mrml.scene)
-    logic.writeWorkspace(tmp_path, cases)
-    vol1 = cases[1][0]
-    shape = tuple(reversed(vol1.GetImageData().GetDimensions()))
-    runDir = tmp_path / "runs" / "seed"  # an earlier run's results for vol1, written by the test
-    writeArray(vol1, blob(shape, (8, 17, 15), (5, 9, 8)), runDir / "predictions" / "vol1.nii.gz", labelmap=True)
-    uncertainty = np.zeros(shape, np.float32)
-    uncertainty[4:12, 10:24, 8:22] = 0.9
-    writeArray(vol1, uncertainty, runDir / "uncertainty" / "vol1.nii.gz", labelmap=False)
-    region = {"rank": 1, "threshold": 0.5, "center_voxel": [15, 17, 8], "bbox_voxels": {"min": [8, 10, 4], "max": [21, 23, 11]}}
-    (runDir / "regions.json").write_text(json.dumps({"format": 1, "cases": {"vol1": [region]}}))
-    logic.loadResults(tmp_path, "seed", ["vol1"])
-
-    config = dict(FAST_TRAINING, iterations=100000, reload_every=2)
-    job = logic.startTraining(tmp_path, config, pythonExecutable=sys.executable)
-    try:
-        events = eventsUntil(job, lambda event: event["event"] == "progress")
-        started = next(event for event in events if event["event"] == "started")
-        assert (started["labelled"], started["unlabelled"]) == (1, 1)
-        accepted = logic.acceptRegion(tmp_path, vol1, dict(region, case="vol1"))  # while the worker trains
-        assert 0 < accepted["annotatedVoxels"] < np.prod(shape)
-        # The worker reports a label it refuses as a warning: stop waiting then, and show it.
-        reloaded = eventsUntil(job, lambda event: event["event"] in ("workspace_reloaded", "warning"), timeout=120)[-1]
-        assert reloaded["event"] == "workspace_reloaded", reloaded
-        changed = reloaded["added"] + reloaded["relabelled"] + reloaded["moved"]
-        assert "vol1" in changed and reloaded["labelled"] == 2, reloaded
-    finally:
-        job.stop(timeout=120)
-    assert job.state == "cancelled" and (job.runDir / "checkpoints" / "last.pt").exists()
-
-    source, note = logic.warmStartRun(tmp_path, job.runId, FAST_TRAINING)
-    assert source == job.runDir and note == ""
-    again = logic.startTraining(tmp_path, FAST_TRAINING, pythonExecutable=sys.executable, initFrom=source)
-    events = runToEnd(again)
-    assert again.state == "finished", again.error
-    started = next(event for event in events if event["event"] == "started")
-    assert started["labelled"] == 2 and Path(started["init_from"]).name == job.runId
-    manifest = json.dumps(json.loads((again.runDir / "manifest.json").read_text()))
-    assert "vol1.partial.nii.gz" in manifest  # the partial label is among the training inputs
-    assert {event["case"] for event in events if event["event"] == "prediction"} == {"vol0", "vol1"}
-
-
 def test_case_table_text_and_train_checks_know_partial_cases():
-    """The widget's plain helpers (SemiSupSeg.py loaded with the stand-ins of Testing/cmake/test_gui_files.py)."""
+    """The widget's plain helpers (SemiSupSeg.py loaded with the stand-ins of Testing/cmake/gui_module.py)."""
     import importlib.util
 
-    helperPath = Path(__file__).resolve().parents[1] / "cmake" / "test_gui_files.py"
-    spec = importlib.util.spec_from_file_location("gui_file_checks", helperPath)
-    checks = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(checks)
-    with pytest.MonkeyPatch.context() as patch:
-        for name, stub in checks._stub_modules().items():
-            patch.setitem(sys.modules, name, stub)
-        spec = importlib.util.spec_from_file_location("SemiSupSeg_widget_helpers", checks.MODULE_FILE)
-        gui = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(gui)
+    helperPath = Path(__file__).resolve().parents[1] / "cmake" / "gui_module.py"
+    spec = importlib.util.spec_from_file_location("semisupseg_gui_module", helperPath)
+    guiModule = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(guiModule)
+    gui = guiModule.load_gui("SemiSupSeg_widget_helpers")
     assert gui.caseStateText(False, 3, True, False) == "3 regions reviewed"
     assert gui.caseStateText(False, 1, True, True) == "1 region reviewed · newer prediction waiting"
     assert gui.caseStateText(True, 2, True, False) == "labelled"

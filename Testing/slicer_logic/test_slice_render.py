@@ -27,7 +27,7 @@ import slicer  # noqa: E402
 from SemiSupSegLib import SemiSupSegLogic, case_nodes  # noqa: E402
 from SemiSupSegLib import results_loader  # noqa: E402
 from SemiSupSegLib.results_loader import ResultsLoader, displayThreshold  # noqa: E402
-from slicer_test_scenes import blob, makeSegmentation, makeVolume  # noqa: E402
+from slicer_test_scenes import makeSegmentation, makeVolume  # noqa: E402
 
 RUN = "run-by-hand"
 SHAPE_KJI = (8, 80, 80)
@@ -236,7 +236,7 @@ def test_red_view_shows_the_heat_where_the_map_is_high_and_the_prediction_as_an_
 
 
 def test_showing_a_case_without_uncertainty_fills_the_prediction_and_hides_the_heat(renderedScene):
-    views, volume, logic = renderedScene["views"], renderedScene["volume"], renderedScene["logic"]
+    views, volume = renderedScene["views"], renderedScene["volume"]
     known = pixelKnowledge(views, volume, renderedScene["prediction"], renderedScene["uncertainty"])
     threshold = renderedScene["results"]["uncertainty"].GetDisplayNode().GetLowerThreshold()
     hot = known["mapAll"](lambda v: v >= threshold) & known["outsidePrediction"]
