@@ -16,6 +16,12 @@ Networks and windows:
 Each setting runs in a fresh subprocess, so peak memory (RSS or CUDA max allocated) is its own.
 On CPU, MC dropout is measured on the LA-sized volume only (on the large one it would take K
 times the plain time); on a GPU on both.
+
+Uncertainty sources (issue 17, rows "LA size, source ..."): the whole of
+``inference.uncertainty_sources.source_map`` per source, as bench_uncertainty_errors.py calls it
+for a DyCON run (one inference network, the teacher; ``disagreement`` also runs the student and the
+teacher once each; ``mutual_information`` with K = 4 MC-dropout passes; ``flip_tta`` one pass per
+trained flip), on the LA-sized volume with the engine's CPU overlap 0.25 (0.5 on a GPU).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import math
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -62,6 +69,8 @@ def worker(spec: dict) -> dict:
     net = build_network("unet3d", 1, 2, widths=spec["widths"]).to(device).eval()
     image = torch.randn(spec["size"])
     autocast = torch.bfloat16 if device.type == "cuda" else None
+    if spec.get("source"):
+        return time_source(spec, net, image, device, autocast)
     rss_before = bc.current_rss_mb()
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -84,6 +93,44 @@ def worker(spec: dict) -> dict:
     return out
 
 
+def time_source(spec: dict, teacher, image, device, autocast) -> dict:
+    """Seconds of one uncertainty source's map and probabilities (source_map) for a DyCON-like method."""
+    import torch
+    from semisupseg.inference.sliding_window import predict_probabilities
+    from semisupseg.inference.uncertainty_sources import source_map
+    from semisupseg.networks import build_network
+
+    student = build_network("unet3d", 1, 2, widths=spec["widths"]).to(device).eval()
+    method = types.SimpleNamespace(name="dycon", student=student, teacher=teacher, inference_networks=lambda: [teacher])
+
+    def predict(networks, volume, mc_samples):
+        return predict_probabilities(networks, volume, spec["patch"], 2, overlap=spec["overlap"], device=device,
+                                     sw_batch_size=spec["sw_batch"], mc_samples=mc_samples, autocast_dtype=autocast)
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    load = bc.load_average()
+    t0, c0 = time.perf_counter(), time.process_time()
+    value, probs = source_map(spec["source"], method, image, predict, mc_samples=spec["mc"])
+    total = time.perf_counter() - t0
+    out = {"cpu_s": time.process_time() - c0, "threads": torch.get_num_threads(), "total_s": total,
+           "load_avg": [load, bc.load_average()], "map_mean": float(value.mean()), "classes": int(probs.shape[0])}
+    if device.type == "cuda":
+        out["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        out["peak_rss_mb"] = bc.peak_rss_mb()
+    return out
+
+
+def source_rows(widths, patch, overlap) -> list:
+    """One row per uncertainty source on the LA-sized volume (MC dropout with K = 4, as bench_uncertainty_errors)."""
+    from_mc = {"mutual_information": 4}
+    return [dict(name=f"LA size, source {source}", size=LA_SIZE, widths=widths, patch=patch, overlap=overlap,
+                 mc=from_mc.get(source, 0), source=source)
+            for source in ("entropy", "mutual_information", "disagreement", "flip_tta")]
+
+
 def run_worker(spec: dict) -> dict:
     bc.log(f"inference {spec['label']}")
     process = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], stdout=subprocess.PIPE, text=True)
@@ -97,13 +144,16 @@ def settings(device: str, quick: bool, skip_large: bool) -> list:
     on_gpu = device.startswith("cuda")
     if quick:
         return [dict(name="quick", size=[64, 64, 48], widths=[4, 8, 16, 32, 64], patch=[32, 32, 32], overlap=0.5, mc=0),
-                dict(name="quick MC K=2", size=[64, 64, 48], widths=[4, 8, 16, 32, 64], patch=[32, 32, 32], overlap=0.5, mc=2)]
+                dict(name="quick MC K=2", size=[64, 64, 48], widths=[4, 8, 16, 32, 64], patch=[32, 32, 32], overlap=0.5, mc=2),
+                dict(name="quick, source disagreement", size=[64, 64, 48], widths=[4, 8, 16, 32, 64], patch=[32, 32, 32],
+                     overlap=0.5, mc=0, source="disagreement")]
     if on_gpu:
         patch = [112, 112, 80]
         rows = [dict(name="LA size", size=LA_SIZE, widths=FULL_WIDTHS, patch=patch, overlap=0.5, mc=0),
                 dict(name="LA size, MC K=8", size=LA_SIZE, widths=FULL_WIDTHS, patch=patch, overlap=0.5, mc=8),
                 dict(name="large", size=LARGE_SIZE, widths=FULL_WIDTHS, patch=patch, overlap=0.5, mc=0),
-                dict(name="large, MC K=8", size=LARGE_SIZE, widths=FULL_WIDTHS, patch=patch, overlap=0.5, mc=8)]
+                dict(name="large, MC K=8", size=LARGE_SIZE, widths=FULL_WIDTHS, patch=patch, overlap=0.5, mc=8),
+                *source_rows(FULL_WIDTHS, patch, 0.5)]
     else:
         patch = [64, 64, 48]
         rows = [dict(name="LA size", size=LA_SIZE, widths=CPU_WIDTHS, patch=patch, overlap=0.5, mc=0),
@@ -116,7 +166,8 @@ def settings(device: str, quick: bool, skip_large: bool) -> list:
                      widths=CPU_WIDTHS, patch=patch, overlap=0.5, mc=0),
                 dict(name="large at half resolution, overlap 0.25", size=HALF_LARGE_SIZE,
                      widths=CPU_WIDTHS, patch=patch, overlap=0.25, mc=0),
-                dict(name="large", size=LARGE_SIZE, widths=CPU_WIDTHS, patch=patch, overlap=0.5, mc=0)]
+                dict(name="large", size=LARGE_SIZE, widths=CPU_WIDTHS, patch=patch, overlap=0.5, mc=0),
+                *source_rows(CPU_WIDTHS, patch, 0.25)]
     if skip_large:
         rows = [r for r in rows if r["size"] != LARGE_SIZE]
     return rows
@@ -147,10 +198,11 @@ def main(argv=None) -> int:
         figures = {"status": result["error"]} if "error" in result else {
             "total_s": round(result["total_s"], 2),
             "cpu_s": round(result["cpu_s"], 2) if "cpu_s" in result else None,
-            "probabilities_s": round(result["probabilities_s"], 2),
-            "entropy_s": round(result["entropy_s"], 2),
+            **({"probabilities_s": round(result["probabilities_s"], 2), "entropy_s": round(result["entropy_s"], 2)}
+               if "probabilities_s" in result else {}),
             **({"peak_mem_mb": round(result["peak_mem_mb"])} if "peak_mem_mb" in result else
-               {"peak_rss_mb": round(result["peak_rss_mb"]), "rss_delta_mb": round(result["rss_delta_mb"])}),
+               {"peak_rss_mb": round(result["peak_rss_mb"]),
+                **({"rss_delta_mb": round(result["rss_delta_mb"])} if "rss_delta_mb" in result else {})}),
             "threads": result["threads"],
             "load_avg": result["load_avg"],
         }
@@ -158,6 +210,7 @@ def main(argv=None) -> int:
             BENCHMARK, "per_volume", f"{row['name']}|{'x'.join(map(str, row['size']))}", device,
             setting=row["name"], volume="x".join(map(str, row["size"])), widths="-".join(map(str, row["widths"])),
             window="x".join(map(str, row["patch"])), overlap=row["overlap"], mc_samples=row["mc"],
+            **({"source": row["source"]} if row.get("source") else {}),
             windows=windows(row["size"], row["patch"], row["overlap"]), **figures))
     if not device.startswith("cuda") and not args.quick and not args.rows:
         bc.emit(bc.record(BENCHMARK, "per_volume", "large, MC K=8|cpu-skip", device, setting="large, MC K=8",
