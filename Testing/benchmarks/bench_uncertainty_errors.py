@@ -213,7 +213,8 @@ def analyse_case(prepared, truth: np.ndarray, predictor: CasePredictor, sources,
         # otherwise (--rank-by map).
         by_probs = args.rank_by == "probs" or (args.rank_by == "auto" and source == "entropy")
         wrong = 1.0 - np.take_along_axis(probs_ref, pred[None], axis=0)[0] if by_probs else value_ref
-        regions, masks = uncertain_regions(value_ref, pred, reference, region_cfg, wrong, return_masks=True)
+        regions, masks = uncertain_regions(value_ref, pred, reference, region_cfg, wrong, return_masks=True,
+                                           num_classes=probs_ref.shape[0])
         figures = {"seconds": round(seconds, 2), "auroc": bc.auroc(value_ref, errors),
                    "auroc_far": bc.auroc(value_ref, far) if far.any() else float("nan"),
                    **region_figures(regions, masks, errors, far, band, args.top, args.draws, rng)}

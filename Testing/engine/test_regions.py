@@ -202,6 +202,35 @@ def test_region_thresholds_adapt_to_an_uncertain_map():
     assert region_thresholds(uncertain, {"threshold": 0.5, "max_fraction": 1.0}) == [0.5]
 
 
+def test_a_two_class_threshold_is_capped_for_more_classes():
+    """Normalised entropy H / ln C of a voxel split evenly between two of C classes is ln 2 / ln C (0.5 for
+    C = 4). The threshold tuned on two-class LA (0.7) is capped there for more classes: a 4-class
+    model's regions keep the threshold they had (0.5: voxels where a third class mixes in), instead of
+    needing near three-way ties."""
+    import torch
+    from semisupseg.inference.predictor import region_thresholds, two_class_ceiling, uncertain_regions
+    from semisupseg.inference.uncertainty import normalised_entropy
+
+    assert two_class_ceiling(2) == 1.0 and two_class_ceiling(None) == 1.0
+    assert two_class_ceiling(4) == pytest.approx(0.5) and two_class_ceiling(3) == pytest.approx(0.6309, abs=1e-4)
+    coin = normalised_entropy(torch.tensor([0.5, 0.5, 0.0, 0.0]).reshape(4, 1, 1, 1)).item()
+    assert coin == pytest.approx(two_class_ceiling(4), abs=1e-6)
+    probs = np.zeros((4, 20, 20, 20), np.float32)
+    probs[1] = 1.0
+    probs[:, 8:12] = np.array([0.1, 0.6, 0.3, 0.0], np.float32)[:, None, None, None]  # a third class mixes in
+    u = normalised_entropy(torch.from_numpy(probs)).numpy()
+    labels = probs.argmax(0)
+    assert 0.6 < u.max() < 0.7  # by hand: (0.6 ln 0.6 + 0.3 ln 0.3 + 0.1 ln 0.1) / -ln 4 = 0.648
+    cfg = {"threshold": 0.7, "max_fraction": 0.02, "min_volume_mm3": 1.0, "max_regions": 5}
+    assert region_thresholds(u, cfg, num_classes=4)[-1] == pytest.approx(0.5)
+    assert region_thresholds(u, {"threshold": 0.7, "max_fraction": 1.0}, num_classes=2) == [0.7]
+    reference = sitk.Image([20, 20, 20], sitk.sitkUInt8)
+    assert uncertain_regions(u, labels, reference, cfg) == []  # C unknown: nothing above 0.7
+    found = uncertain_regions(u, labels, reference, cfg, num_classes=4)
+    assert found and all(8 <= r["center_voxel"][0] < 12 for r in found)
+    assert found[0]["threshold"] == pytest.approx(0.5)
+
+
 def test_uncertain_regions_fall_back_until_a_region_is_found():
     from semisupseg.inference.predictor import uncertain_regions
 

@@ -8,6 +8,7 @@ uncertain regions for "next uncertain region" in Slicer.
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import List, Optional
@@ -102,7 +103,8 @@ def predict_cases(
             score = float(case_score(entropy, labelmap, num_classes))
             scores[prepared.id] = score
             wrong = 1.0 - top_probability  # expected-error estimate per voxel
-            regions[prepared.id] = uncertain_regions(entropy, labelmap, prepared.reference, region_cfg, wrong)
+            regions[prepared.id] = uncertain_regions(entropy, labelmap, prepared.reference, region_cfg, wrong,
+                                                     num_classes=num_classes)
             events.emit(
                 "prediction",
                 case=prepared.id,
@@ -125,16 +127,26 @@ def predict_cases(
     return scores
 
 
-def region_thresholds(uncertainty: np.ndarray, region_cfg: dict) -> list:
+def two_class_ceiling(num_classes: Optional[int]) -> float:
+    """The highest normalised entropy H / ln C a voxel torn between two of C classes reaches: ln 2 / ln C
+    (1 for two classes, 0.5 for four). Above it only voxels where three or more classes mix remain."""
+    if num_classes is None or num_classes <= 2:
+        return 1.0
+    return math.log(2.0) / math.log(num_classes)
+
+
+def region_thresholds(uncertainty: np.ndarray, region_cfg: dict, num_classes: Optional[int] = None) -> list:
     """Thresholds to try, strictest first: quantiles keeping max_fraction, 2x, 4x ... of the
     volume above them, never below ``threshold``, and finally ``threshold`` itself.
 
     A well-trained model is uncertain on a thin shell around the structure, well under
     ``max_fraction`` of the volume, so the fixed threshold applies at once; an early model is
     uncertain almost everywhere, and a quantile then keeps regions local instead of one region
-    covering the whole volume.
+    covering the whole volume. With ``num_classes`` > 2 the threshold is at most
+    ``two_class_ceiling``: a threshold tuned on two classes (LA: 0.7) would otherwise keep only
+    near three-way ties of a multi-class model.
     """
-    base = float(region_cfg["threshold"])
+    base = min(float(region_cfg["threshold"]), two_class_ceiling(num_classes))
     fraction = float(region_cfg.get("max_fraction", 1.0))
     thresholds = []
     while fraction < 1.0:
@@ -145,14 +157,16 @@ def region_thresholds(uncertainty: np.ndarray, region_cfg: dict) -> list:
 
 
 def uncertain_regions(uncertainty: np.ndarray, labelmap: np.ndarray, reference, region_cfg: dict,
-                      error_probability: Optional[np.ndarray] = None, return_masks: bool = False):
+                      error_probability: Optional[np.ndarray] = None, return_masks: bool = False,
+                      num_classes: Optional[int] = None):
     """Ranked regions at the strictest threshold that yields any (see ``region_thresholds``).
 
     ``error_probability`` (e.g. 1 - max_c p_c) ranks the regions by expected errors; None ranks
-    by the map itself. With ``return_masks``: (regions, [(lo, mask)]) as ``find_uncertain_regions``.
+    by the map itself. ``num_classes``: C of a normalised-entropy map (caps the threshold).
+    With ``return_masks``: (regions, [(lo, mask)]) as ``find_uncertain_regions``.
     """
     found = ([], []) if return_masks else []
-    for threshold in region_thresholds(uncertainty, region_cfg):
+    for threshold in region_thresholds(uncertainty, region_cfg, num_classes):
         found = find_uncertain_regions(
             uncertainty,
             labelmap,
