@@ -56,10 +56,8 @@ def windows(size, patch, overlap) -> int:
 
 
 def worker(spec: dict) -> dict:
+    """Time one setting in this (fresh) process: the plain prediction, or one uncertainty source's map."""
     import torch
-    from semisupseg.inference.label_maps import labels_and_confidence
-    from semisupseg.inference.sliding_window import predict_probabilities
-    from semisupseg.inference.uncertainty import normalised_entropy
     from semisupseg.networks import build_network
 
     torch.manual_seed(0)
@@ -69,22 +67,16 @@ def worker(spec: dict) -> dict:
     net = build_network("unet3d", 1, 2, widths=spec["widths"]).to(device).eval()
     image = torch.randn(spec["size"])
     autocast = torch.bfloat16 if device.type == "cuda" else None
-    if spec.get("source"):
-        return time_source(spec, net, image, device, autocast)
+    timed = time_source if spec.get("source") else time_plain
     rss_before = bc.current_rss_mb()
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     load = bc.load_average()
     t0, c0 = time.perf_counter(), time.process_time()
-    probs, mi = predict_probabilities([net], image, spec["patch"], 2, overlap=spec["overlap"], device=device,
-                                      sw_batch_size=spec["sw_batch"], mc_samples=spec["mc"], autocast_dtype=autocast)
-    t1 = time.perf_counter()
-    entropy = normalised_entropy(probs)
-    labels, _ = labels_and_confidence(probs)
-    t2 = time.perf_counter()
-    out = {"cpu_s": time.process_time() - c0,"threads": torch.get_num_threads(), "probabilities_s": t1 - t0, "entropy_s": t2 - t1, "total_s": t2 - t0, "load_avg": [load, bc.load_average()],
-           "entropy_mean": float(entropy.mean()), "labels": int(labels.size), "mi": mi is not None}
+    out = timed(spec, net, image, device, autocast)
+    out.update(total_s=time.perf_counter() - t0, cpu_s=time.process_time() - c0, threads=torch.get_num_threads(),
+               load_avg=[load, bc.load_average()])
     if device.type == "cuda":
         out["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
     else:
@@ -93,9 +85,25 @@ def worker(spec: dict) -> dict:
     return out
 
 
+def time_plain(spec: dict, net, image, device, autocast) -> dict:
+    """What predict_cases computes per case: probabilities, then the entropy map and the label map."""
+    from semisupseg.inference.label_maps import labels_and_confidence
+    from semisupseg.inference.sliding_window import predict_probabilities
+    from semisupseg.inference.uncertainty import normalised_entropy
+
+    t0 = time.perf_counter()
+    probs, mi = predict_probabilities([net], image, spec["patch"], 2, overlap=spec["overlap"], device=device,
+                                      sw_batch_size=spec["sw_batch"], mc_samples=spec["mc"], autocast_dtype=autocast)
+    t1 = time.perf_counter()
+    entropy = normalised_entropy(probs)
+    labels, _ = labels_and_confidence(probs)
+    return {"probabilities_s": t1 - t0, "entropy_s": time.perf_counter() - t1,
+            "entropy_mean": float(entropy.mean()), "labels": int(labels.size), "mi": mi is not None}
+
+
 def time_source(spec: dict, teacher, image, device, autocast) -> dict:
-    """Seconds of one uncertainty source's map and probabilities (source_map) for a DyCON-like method."""
-    import torch
+    """One uncertainty source's map and probabilities (source_map) for a DyCON-like method: the teacher
+    predicts, a student of the same shape sits beside it (for ``disagreement``)."""
     from semisupseg.inference.sliding_window import predict_probabilities
     from semisupseg.inference.uncertainty_sources import source_map
     from semisupseg.networks import build_network
@@ -107,20 +115,8 @@ def time_source(spec: dict, teacher, image, device, autocast) -> dict:
         return predict_probabilities(networks, volume, spec["patch"], 2, overlap=spec["overlap"], device=device,
                                      sw_batch_size=spec["sw_batch"], mc_samples=mc_samples, autocast_dtype=autocast)
 
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    load = bc.load_average()
-    t0, c0 = time.perf_counter(), time.process_time()
     value, probs = source_map(spec["source"], method, image, predict, mc_samples=spec["mc"])
-    total = time.perf_counter() - t0
-    out = {"cpu_s": time.process_time() - c0, "threads": torch.get_num_threads(), "total_s": total,
-           "load_avg": [load, bc.load_average()], "map_mean": float(value.mean()), "classes": int(probs.shape[0])}
-    if device.type == "cuda":
-        out["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        out["peak_rss_mb"] = bc.peak_rss_mb()
-    return out
+    return {"map_mean": float(value.mean()), "classes": int(probs.shape[0])}
 
 
 def source_rows(widths, patch, overlap) -> list:
@@ -201,8 +197,7 @@ def main(argv=None) -> int:
             **({"probabilities_s": round(result["probabilities_s"], 2), "entropy_s": round(result["entropy_s"], 2)}
                if "probabilities_s" in result else {}),
             **({"peak_mem_mb": round(result["peak_mem_mb"])} if "peak_mem_mb" in result else
-               {"peak_rss_mb": round(result["peak_rss_mb"]),
-                **({"rss_delta_mb": round(result["rss_delta_mb"])} if "rss_delta_mb" in result else {})}),
+               {"peak_rss_mb": round(result["peak_rss_mb"]), "rss_delta_mb": round(result["rss_delta_mb"])}),
             "threads": result["threads"],
             "load_avg": result["load_avg"],
         }
